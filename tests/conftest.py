@@ -1,0 +1,11 @@
+"""Test-wide setup: Triton kernels run in the interpreter on machines without a GPU."""
+
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(__file__))  # the oracles module
