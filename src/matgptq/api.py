@@ -96,6 +96,7 @@ def quantize_model(
     source_name = None
     if isinstance(model, (str, os.PathLike)):
         source_name = str(model)
+        _precheck_shapes(model, config)
         model, loaded_tok = load_float_model(model, dtype=dtype, cache_dir=None)
         tokenizer = tokenizer or loaded_tok
     model.eval()
@@ -143,6 +144,26 @@ def quantize_model(
                            getattr(model, "generation_config", None))
     log.info("wrote %s", path)
     return QuantizeResult(path, layers, meta)
+
+
+def _precheck_shapes(path, config: QuantConfig) -> None:
+    """Group size against the widths in config.json, before the (possibly long) model load."""
+    import json
+
+    from .models.loading import check_model_path
+
+    p = check_model_path(path)
+    if p.suffix == ".gguf":
+        return
+    cfg = json.loads((p / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    for key in ("hidden_size", "intermediate_size"):
+        width = cfg.get(key)
+        if isinstance(width, int):
+            try:
+                config.check_shape(width)
+            except ValueError as e:
+                raise ValueError(f"{key}={width}: {e}") from None
 
 
 def _rest_state(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
