@@ -47,7 +47,6 @@ def tiny_model(family: str = "llama", layers: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = tiny_config(family, layers)
-    cfg._attn_implementation = "eager"
     m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     # larger-than-init weights make quantization errors visible
     with torch.no_grad():

@@ -202,18 +202,10 @@ def _empty_model(model_cfg: dict, dtype: torch.dtype):
     if model_type is None:
         raise ValueError("config.json has no model_type; it is not a Hugging Face model config")
     config = AutoConfig.for_model(model_type, **cfg)
-    register = nn.Module.register_parameter
+    from .models.loading import meta_parameters
 
-    def to_meta(self, name, param):
-        register(self, name, param)
-        if param is not None and param.device.type != "meta":
-            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = to_meta
-    try:
+    with meta_parameters():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    finally:
-        nn.Module.register_parameter = register
     return model
 
 
@@ -373,6 +365,9 @@ def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data
         elif not quantized:
             r["bits_per_weight"] = 16.0
         log.info("%s bits=%s perplexity %.4f", name, b, r["perplexity"])
+        for mod in model.modules():  # keep one dequantized width in memory, not all of them
+            if hasattr(mod, "clear_cache"):
+                mod.clear_cache()
         results.append(r)
     return {
         "model": name or type(model).__name__,

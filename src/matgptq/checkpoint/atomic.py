@@ -45,7 +45,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
     from safetensors.torch import save_file
 
     path = Path(path)
-    clean = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
+    clean, seen = {}, set()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in seen:
+            t = t.clone()  # layers solved together share one permutation tensor
+        seen.add(t.untyped_storage().data_ptr())
+        clean[k] = t
     tmp = _tmp(path)
     try:
         save_file(clean, tmp, metadata={"format": "pt"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -74,3 +75,23 @@ def load_float_model(path: str | os.PathLike, dtype=None, cache_dir: str | os.Pa
         tokenizer = None
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def meta_parameters():
+    """Build modules with parameters on the meta device (no memory, no init) but real buffers
+    (rotary tables are computed at construction and not stored in checkpoints)."""
+    from torch import nn
+
+    register = nn.Module.register_parameter
+
+    def to_meta(self, name, param):
+        register(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = to_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
