@@ -153,7 +153,7 @@ def _precheck_shapes(path, config: QuantConfig) -> None:
     from .models.loading import check_model_path
 
     p = check_model_path(path)
-    if p.suffix == ".gguf":
+    if not isinstance(p, Path) or p.suffix == ".gguf":
         return
     cfg = json.loads((p / "config.json").read_text())
     cfg = cfg.get("text_config", cfg)

@@ -43,7 +43,8 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     config = src.config
-    config.torch_dtype = dtype
+    if hasattr(config, "quantization_config"):  # the float copy is no longer a GGUF
+        del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
     # tied embeddings show up as a missing lm_head; anything else is a real mismatch
@@ -54,6 +55,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o755)
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if out_dir.exists():

@@ -28,9 +28,11 @@ def check_model_path(path: str | os.PathLike) -> Path:
     if p.is_file() and p.suffix == ".gguf":
         return p
     if not p.exists():
+        if _looks_like_hub_id(str(path)):
+            return _check_hub_model(str(path))
         raise FileNotFoundError(
-            f"model {str(path)!r} not found: give a local model folder (config.json + safetensors) "
-            "or a .gguf file; matgptq does not download models"
+            f"model {str(path)!r} not found: give a local model folder (config.json + safetensors), "
+            "a .gguf file, or a Hugging Face Hub id such as 'org/name'"
         )
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} has no config.json; give a Hugging Face model folder")
@@ -50,12 +52,35 @@ def check_model_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.startswith((".", "/"))
+
+
+def _check_hub_model(name: str):
+    """A Hub id: fetch only its config (fast) so a missing or non-causal model fails early."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"model {name!r} is neither a local folder nor a reachable Hugging Face Hub model "
+            f"({str(e).splitlines()[0][:160]}); give a local model folder or check the name and network"
+        ) from None
+    archs = getattr(cfg, "architectures", None) or []
+    if getattr(cfg, "is_encoder_decoder", False) or (archs and not any("CausalLM" in a for a in archs)):
+        raise UnsupportedModelError(f"{name} is a {', '.join(archs)} model, not a causal LM; give a decoder-only model")
+    return name
+
+
 def load_float_model(path: str | os.PathLike, dtype=None, cache_dir: str | os.PathLike | None = None):
     """(model, tokenizer) from a model folder or a .gguf file (converted once and cached)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = check_model_path(path)
-    if p.suffix == ".gguf":
+    if isinstance(p, Path) and p.suffix == ".gguf":
         from ..data.sources import env_cache_dir
         from .gguf import convert_gguf
 
