@@ -77,3 +77,24 @@ def test_calibration_cache(tmp_path, tiny_tok):
 def test_tokenize_text_rejects_empty(tiny_tok):
     with pytest.raises(ValueError, match="empty"):
         tokenize_text(tiny_tok, ["", "  "])
+
+
+def test_hf_sources_use_pinned_arguments(monkeypatch):
+    """No network: a stand-in `datasets` module records how each source is requested."""
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(path, name=None, split=None, streaming=False, **kw):
+        calls.append((path, name, split, streaming, kw))
+        return iter({"text": f"doc {i}"} for i in range(30000))
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    evald = load_documents("fineweb-edu", "evaluation")
+    assert evald[0] == "doc 20000" and len(evald) == 1100  # held out from the calibration docs
+    assert calls[-1][:4] == ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)
+    c4 = load_documents("c4", "evaluation")
+    assert len(c4) == 1100 and calls[-1][4] == {"data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"}}
+    wt = load_documents("wikitext2", "evaluation")
+    assert len(wt) == 1 and calls[-1][:3] == ("wikitext", "wikitext-2-raw-v1", "test")

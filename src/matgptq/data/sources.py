@@ -27,6 +27,7 @@ class HFDataset:
     data_files: dict[str, str] | None = None
     text_field: str = "text"
     max_docs: dict[str, int] | None = None  # documents read per role (streamed in order)
+    skip_docs: dict[str, int] | None = None  # documents skipped first (held out from calibration)
 
 
 HF_DATASETS: dict[str, HFDataset] = {
@@ -46,8 +47,9 @@ HF_DATASETS: dict[str, HFDataset] = {
     "fineweb-edu": HFDataset(
         "HuggingFaceFW/fineweb-edu",
         "sample-10BT",
-        {"calibration": "train", "evaluation": "train"},
+        {"calibration": "train", "evaluation": "train"},  # one split only: evaluate after the calibration docs
         max_docs={"calibration": 20000, "evaluation": 1100},
+        skip_docs={"evaluation": 20000},
     ),
 }
 
@@ -66,7 +68,11 @@ def describe(source: str, role: str) -> str:
         d = HF_DATASETS[source]
         split = d.splits[role]
         files = f" files={d.data_files[split]}" if d.data_files else ""
-        return f"hf:{d.path}" + (f"/{d.name}" if d.name else "") + f" split={split}{files}"
+        docs = ""
+        if d.max_docs and role in d.max_docs:
+            start = (d.skip_docs or {}).get(role, 0)
+            docs = f" docs={start}..{start + d.max_docs[role]}"
+        return f"hf:{d.path}" + (f"/{d.name}" if d.name else "") + f" split={split}{files}{docs}"
     return f"file:{Path(source).name}"
 
 
@@ -143,9 +149,12 @@ def _load_hf(d: HFDataset, role: str) -> list[str]:
         kwargs["data_files"] = {split: d.data_files[split]}
     stream = limit is not None
     ds = datasets.load_dataset(d.path, d.name, split=split, streaming=stream, **kwargs)
+    skip = (d.skip_docs or {}).get(role, 0)
     docs = []
     for i, rec in enumerate(ds):
-        if limit is not None and i >= limit:
+        if i < skip:
+            continue
+        if limit is not None and i >= skip + limit:
             break
         docs.append(rec[d.text_field])
     if d.path == "wikitext":  # the standard protocol: every raw line, empty ones too, joined by \n\n
