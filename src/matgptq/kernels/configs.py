@@ -1,0 +1,115 @@
+"""Launch configurations: a measured table per GPU, shape, width and batch, with a heuristic
+for anything the table does not hold, and an optional in-process autotuner
+(``MATGPTQ_AUTOTUNE=1``) that times the candidates once per key and keeps the fastest.
+
+Batches are bucketed (1, 2, 3-4, 5-8, 9-16, 17-32, 33-64, 65-128, 129-256, larger): one entry
+serves every batch of its bucket, so an odd batch (3, 5, 33) runs the tuned kernel of its bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TUNED_FILE = Path(__file__).with_name("tuned.json")
+GEMV_MAX_M = 8  # heuristic: CUDA-core kernel up to this batch, tensor cores above
+DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    kind: str  # "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul)
+    bn: int = 64
+    bm: int = 16
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def key(self) -> str:
+        return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}"
+
+
+def m_bucket(m: int) -> int:
+    for b in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        if m <= b:
+            return b
+    return 1 << 30
+
+
+def next_pow2(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
+    if TUNED_FILE.exists():
+        return json.loads(TUNED_FILE.read_text())
+    return {}
+
+
+def table_key(device_name: str, n: int, k: int, m: int, fmt: str) -> str:
+    return f"{device_name}|{n}x{k}|m{m_bucket(m)}|{fmt}"
+
+
+def lookup(device_name: str, n: int, k: int, m: int, fmt: str) -> KernelConfig | None:
+    entry = _table().get(table_key(device_name, n, k, m, fmt))
+    return None if entry is None else KernelConfig(**entry)
+
+
+def _split(base_programs: int, k_tiles: int, sms: int, target: float) -> int:
+    want = max(1, round(target * sms / max(1, base_programs)))
+    return max(1, min(want, k_tiles, 32))
+
+
+def heuristic(n: int, k_tiles: int, m: int, sms: int) -> KernelConfig:
+    if m <= GEMV_MAX_M:
+        bn = 64 if n >= 2048 else 32
+        return KernelConfig("gemv", bn=bn, bm=next_pow2(m), split_k=_split(-(-n // bn), k_tiles, sms, 4), num_warps=4)
+    if m <= DOT_MAX_M:
+        bm = 16 if m <= 16 else 32 if m <= 32 else 64
+        bn = 64
+        base = -(-n // bn) * -(-m // bm)
+        return KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, 2), num_warps=4)
+    return KernelConfig("cublas")
+
+
+def candidates(n: int, k_tiles: int, m: int, sms: int) -> list[KernelConfig]:
+    """What the autotuner tries (kept small: every candidate is a compile)."""
+    out = []
+    if m <= 16:
+        bm = next_pow2(m)
+        for bn, w in ((32, 4), (64, 4), (128, 4), (128, 8)):
+            for t in (2, 4, 8):
+                out.append(KernelConfig("gemv", bn=bn, bm=bm, split_k=_split(-(-n // bn), k_tiles, sms, t), num_warps=w))
+    if m >= 2:
+        bm = max(16, min(64, next_pow2(m)))
+        for bn in (32, 64, 128):
+            base = -(-n // bn) * -(-m // bm)
+            for t in (1, 2, 4):
+                out.append(KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, t), num_warps=4))
+    if m >= 32:
+        out.append(KernelConfig("cublas"))
+    return list(dict.fromkeys(out))
+
+
+_tuned: dict[str, KernelConfig] = {}
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("MATGPTQ_AUTOTUNE", "0") == "1"
+
+
+def remember(key: str, cfg: KernelConfig) -> None:
+    _tuned[key] = cfg
+
+
+def recalled(key: str) -> KernelConfig | None:
+    return _tuned.get(key)
+
+
+def dump_tuned() -> dict:
+    """The autotuner's choices so far, in the format of ``tuned.json``."""
+    return {k: asdict(v) for k, v in _tuned.items()}

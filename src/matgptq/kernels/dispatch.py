@@ -1,0 +1,237 @@
+"""``quant_matmul(x, packed, bits)``: y = x · Ŵ_bᵀ (+ bias) for any batch, on the best path.
+
+CUDA (or the Triton interpreter, ``backend="triton"``): the CUDA-core kernel for small batches,
+the tensor-core kernel for larger ones, and dequantize + cuBLAS for very large ones, each with
+a tuned configuration (:mod:`.configs`). Elsewhere: plain torch (dequantize, then matmul).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import configs
+from .configs import KernelConfig
+from .pack import KTILE, V, PackedWeight, ReadPlan, dequantize_packed
+from .triton_decode import lane_consts, triton
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_supported(pw: PackedWeight, bits: int) -> bool:
+    """Shapes and widths the kernels serve (others fall back to plain torch)."""
+    g = pw.group_size
+    return pw.read_plan(bits).kernel_ok and (g is None or g % V == 0)
+
+
+def use_prmt(bits: int) -> bool:
+    """One byte-permute per weight (inline PTX) where the codes fit 7 bits; the interpreter
+    and ``MATGPTQ_NO_PRMT=1`` take the shift-and-mask form."""
+    return bits <= 7 and not interpreting() and os.environ.get("MATGPTQ_NO_PRMT", "0") != "1"
+
+
+def _consts(pw: PackedWeight, plan: ReadPlan) -> dict:
+    offs = [0]
+    for w in plan.widths:
+        offs.append(offs[-1] + w)
+    return dict(
+        V=V, G=pw.group_size or 0, B=plan.bits, NP=len(plan.widths), PW=plan.pw,
+        PO=sum(o << (4 * j) for j, o in enumerate(offs)), RND=int(plan.round_part),
+        NCH=offs[-1] + int(plan.round_part), CH=pw.code_bits, SYM=pw.zeros is None,
+        PRMT=use_prmt(plan.bits),
+    )
+
+
+_workspaces: dict = {}
+
+
+def _workspace(device: torch.device, floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-device fp32 partial-sum buffer and zeroed tile counters (kernels reset them)."""
+    key = (device.type, device.index)
+    ws, cnt = _workspaces.get(key, (None, None))
+    if ws is None or ws.numel() < floats:
+        ws = torch.empty(max(floats, 1 << 16), dtype=torch.float32, device=device)
+    if cnt is None or cnt.numel() < counters:
+        cnt = torch.zeros(max(counters, 4096), dtype=torch.int32, device=device)
+    _workspaces[key] = (ws, cnt)
+    return ws, cnt
+
+
+def _sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def fmt_key(pw: PackedWeight, bits: int, dtype: torch.dtype) -> str:
+    plan = pw.read_plan(bits)
+    rnd = "r" if plan.round_part else ""
+    zs = "s" if pw.zeros is None else "a"
+    return f"{pw.layout[:3]}{bits}{rnd}|g{pw.group_size or 0}{zs}|{str(dtype)[6:]}"
+
+
+def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+                cfg: KernelConfig) -> torch.Tensor:
+    from .gemv import gemv_kernel
+
+    plan = pw.read_plan(bits)
+    m, n, kt = x2.shape[0], pw.n, pw.k_tiles
+    per = -(-kt // max(1, cfg.split_k))
+    split = -(-kt // per)
+    grid_n = -(-n // cfg.bn)
+    ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid_n)
+    bm = configs.next_pow2(m)
+    c = _consts(pw, plan)
+    lam, mu = lane_consts(plan.bits, c["PRMT"])
+    gemv_kernel[(grid_n, split)](
+        x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
+        out, out.stride(0), bias if bias is not None else out, ws, cnt,
+        m, n, pw.k, kt, pw.scales.shape[0], per,
+        lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
+        BM=bm, BN=cfg.bn, SPLIT_K=split, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
+    )
+    return out
+
+
+def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+                cfg: KernelConfig) -> torch.Tensor:
+    from .gemm import gemm_kernel
+
+    plan = pw.read_plan(bits)
+    m, n, kt = x2.shape[0], pw.n, pw.k_tiles
+    per = -(-kt // max(1, cfg.split_k))
+    split = -(-kt // per)
+    grid = (-(-n // cfg.bn), -(-m // cfg.bm), split)
+    ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid[0] * grid[1])
+    c = _consts(pw, plan)
+    lam, mu = lane_consts(plan.bits, c["PRMT"])
+    gemm_kernel[grid](
+        x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
+        out, out.stride(0), bias if bias is not None else out, ws, cnt,
+        m, n, pw.k, kt, pw.scales.shape[0], per,
+        lam, lam * mu, plan.two_d, plan.zoff, plan.zconst,
+        BM=cfg.bm, BN=cfg.bn, SPLIT_K=split, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
+    )
+    return out
+
+
+def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torch.Tensor | None = None,
+                      bn: int = 64) -> torch.Tensor:
+    """Ŵ_b [N, K] in storage column order, written by one Triton launch."""
+    from .gemm import dequant_kernel
+
+    plan = pw.read_plan(bits)
+    if out is None:
+        out = torch.empty(pw.n, pw.k, dtype=dtype, device=pw.qweight.device)
+    c = _consts(pw, plan)
+    lam, mu = lane_consts(plan.bits, c["PRMT"])
+    dequant_kernel[(-(-pw.n // bn), pw.k_tiles)](
+        pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales, out, pw.n, pw.k,
+        pw.scales.shape[0], lam, lam * mu, plan.two_d, plan.zoff, plan.zconst,
+        BN=bn, num_warps=4, **c,
+    )
+    return out
+
+
+_dequant_buffers: dict = {}
+
+
+def _cublas(x2, pw, bits, out, bias):
+    key = (x2.device.type, x2.device.index, x2.dtype)
+    buf = _dequant_buffers.get(key)
+    if buf is None or buf.numel() < pw.n * pw.k:
+        buf = torch.empty(pw.n * pw.k, dtype=x2.dtype, device=x2.device)
+        _dequant_buffers[key] = buf
+    w = dequantize_triton(pw, bits, x2.dtype, buf[: pw.n * pw.k].view(pw.n, pw.k))
+    torch.matmul(x2, w.t(), out=out)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def run_config(cfg: KernelConfig, x2, pw, bits, out, bias):
+    if cfg.kind == "gemv":
+        return launch_gemv(x2, pw, bits, out, bias, cfg)
+    if cfg.kind == "gemm":
+        return launch_gemm(x2, pw, bits, out, bias, cfg)
+    return _cublas(x2, pw, bits, out, bias)
+
+
+def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> KernelConfig:
+    m = x2.shape[0]
+    dev = x2.device
+    fmt = fmt_key(pw, bits, x2.dtype)
+    name = _device_name(dev)
+    key = configs.table_key(name, pw.n, pw.k, m, fmt)
+    cfg = configs.recalled(key) or configs.lookup(name, pw.n, pw.k, m, fmt)
+    if cfg is not None:
+        return cfg
+    if (configs.autotune_enabled() and dev.type == "cuda" and not interpreting()
+            and not torch.cuda.is_current_stream_capturing()):
+        cfg = _autotune(x2, pw, bits, bias)
+    else:
+        cfg = configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev))
+    configs.remember(key, cfg)
+    return cfg
+
+
+def _autotune(x2, pw, bits, bias) -> KernelConfig:
+    from triton.testing import do_bench
+
+    m = x2.shape[0]
+    out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
+    best, best_t = None, float("inf")
+    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device)):
+        try:
+            t = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20, return_mode="median")
+        except Exception:  # a candidate that does not compile or fit is skipped
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device))
+
+
+def quant_matmul(x: torch.Tensor, pw: PackedWeight, bits: int, bias: torch.Tensor | None = None,
+                 backend: str = "auto", config: KernelConfig | None = None) -> torch.Tensor:
+    """y = x · Ŵ_bᵀ (+ bias), x [..., K] in storage column order; returns x.dtype.
+
+    ``backend``: "auto" (Triton on CUDA when available, else torch), "triton" (also under the
+    interpreter), "torch". ``config`` forces a launch configuration.
+    """
+    if x.shape[-1] != pw.k:
+        raise ValueError(f"x has {x.shape[-1]} features but the weight has {pw.k} input columns")
+    pw.check_bits(bits)
+    use_triton = backend == "triton" or (backend == "auto" and x.is_cuda and triton is not None)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend={backend!r}; use 'auto', 'triton' or 'torch'")
+    if use_triton and triton is None:
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    lead = x.shape[:-1]
+    if not use_triton or not kernel_supported(pw, bits) or x.dtype not in (torch.float16, torch.bfloat16):
+        w = dequantize_packed(pw, bits, torch.float32).to(x.dtype)
+        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    x2 = x.reshape(-1, pw.k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], pw.n, dtype=x.dtype, device=x.device)
+    if x2.shape[0] == 0:
+        return out.view(*lead, pw.n)
+    cfg = config or choose_config(x2, pw, bits, bias)
+    run_config(cfg, x2, pw, bits, out, bias)
+    return out.view(*lead, pw.n)

@@ -1,0 +1,74 @@
+"""Fused dequantize-and-multiply for small batches (decode): CUDA cores, fp32 accumulation.
+
+Each program owns BN output rows and a range of k-tiles (split-K); every thread keeps a
+[BM, rows, 4 words] slice of the [BM, BN, V] accumulator, decodes each weight once and
+multiplies it into all BM activation rows. Scales and zeros are applied once per group and row
+(see :mod:`.triton_decode`).
+"""
+
+from __future__ import annotations
+
+from .triton_decode import triton
+
+if triton is not None:
+    import triton.language as tl
+
+    from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
+
+    @triton.jit
+    def gemv_kernel(
+        X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
+        M, N, K, KTN, NG, TILES_PER_SPLIT,
+        C1, C0, ZOFF, ZCONST,
+        BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
+        B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
+        NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
+        EVEN: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        KT: tl.constexpr = 32 * V
+        UG: tl.constexpr = 8 if G == 0 else min(8, G // V)  # units per scale group
+        RAW: tl.constexpr = NP == 1 and RND == 0 and not PRMT
+        rows = pid_n * BN + tl.arange(0, BN)
+        rows3 = rows[None, :, None]
+        t3 = tl.arange(0, V)[None, None, :]
+        m3 = tl.arange(0, BM)[:, None, None]
+        qmask = rows3 < N
+        qoffs = rows3 * V + t3
+        chunk_stride = N * V
+        acc = tl.zeros([BM, BN, V], dtype=tl.float32)
+        kt0 = pid_k * TILES_PER_SPLIT
+        kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
+        for kt in range(kt0, kt1):
+            base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
+            c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + qoffs, chunk_stride, qmask, NCH)
+            for i in tl.static_range(4):
+                for u in tl.static_range(8):
+                    word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
+                    v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
+                    kk = kt * KT + (8 * i + u) * V + t3
+                    if EVEN:
+                        xv = tl.load(X + m3 * stride_xm + kk).to(tl.float32)
+                    else:
+                        xv = tl.load(X + m3 * stride_xm + kk, mask=(m3 < M) & (kk < K), other=0.0).to(tl.float32)
+                    if u % UG == 0:
+                        a = v * xv
+                        xs = xv
+                    else:
+                        a += v * xv
+                        xs += xv
+                    if (u + 1) % UG == 0:
+                        if G == 0:
+                            g = 0
+                        else:
+                            g = tl.minimum((kt * KT + (8 * i + u + 1 - UG) * V) // G, NG - 1)
+                        s = tl.load(S + g * N + rows3, mask=qmask, other=0.0).to(tl.float32)
+                        if SYM:
+                            zb = ZCONST - ZOFF
+                        else:
+                            zb = tl.load(Z + g * N + rows3, mask=qmask, other=0).to(tl.float32) - ZOFF
+                        acc += s * (a * C1 - (C0 + zb) * xs)
+        out = tl.sum(acc, axis=2)
+        offs_m = tl.arange(0, BM)
+        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)

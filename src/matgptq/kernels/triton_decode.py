@@ -1,0 +1,176 @@
+"""Triton helpers shared by the kernels: load a k-tile's chunks, turn parts into codes, finish
+a split-K tile. The layout is described in :mod:`.pack`.
+
+Codes become floats without an int->float conversion: a b-bit code k placed in the top of an
+fp32 mantissa, or-ed with the bits of 1.0, *is* the float v = 1 + k/2^b. With
+w = s*(k*2^d - z_b) this gives  sum_k w*x = s*(2^M * sum v*x - (2^M + z_b) * sum x)  per group,
+so the inner loop is one shift, one and-or and one FMA per weight.
+"""
+
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - machines without triton
+    triton = None
+
+
+def lane_consts(bits: int, use_prmt: bool) -> tuple[float, float]:
+    """(LAM, MU) with code k = LAM * (v - MU) for the float v that :func:`lane_value` makes."""
+    return (256.0, 0.5) if use_prmt else (float(1 << bits), 1.0)
+
+
+if triton is not None:
+
+    @triton.jit
+    def load_chunks(ptrs, chunk_stride, mask, NCH: tl.constexpr):
+        """The first NCH chunks of a k-tile (NCH <= 8) as uint32 tiles; unused slots alias c0."""
+        c0 = tl.load(ptrs, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        c1 = c0
+        c2 = c0
+        c3 = c0
+        c4 = c0
+        c5 = c0
+        c6 = c0
+        c7 = c0
+        if NCH > 1:
+            c1 = tl.load(ptrs + chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 2:
+            c2 = tl.load(ptrs + 2 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 3:
+            c3 = tl.load(ptrs + 3 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 4:
+            c4 = tl.load(ptrs + 4 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 5:
+            c5 = tl.load(ptrs + 5 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 6:
+            c6 = tl.load(ptrs + 6 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        if NCH > 7:
+            c7 = tl.load(ptrs + 7 * chunk_stride, mask=mask, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+    @triton.jit
+    def _pick(j: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7):
+        if j == 0:
+            r = c0
+        elif j == 1:
+            r = c1
+        elif j == 2:
+            r = c2
+        elif j == 3:
+            r = c3
+        elif j == 4:
+            r = c4
+        elif j == 5:
+            r = c5
+        elif j == 6:
+            r = c6
+        else:
+            r = c7
+        return r
+
+    @triton.jit
+    def _part_bits(w, r: tl.constexpr, o: tl.constexpr, P: tl.constexpr):
+        """Unit bits at r (and every 8th bit above, P wide) moved to code offset o of each byte lane."""
+        m: tl.constexpr = ((1 << P) - 1) * 0x01010101
+        if r >= o:
+            t = (w >> (r - o)) & (m << o)
+        else:
+            t = (w << (o - r)) & (m << o)
+        return t
+
+    @triton.jit
+    def unit_word(u: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7,
+                  PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
+                  BYTES: tl.constexpr):
+        """The word holding unit u's codes. With one part, no rounding bit and not BYTES it is
+        the raw chunk (fields at 8*i + P*(u % (8/P))); otherwise byte lane i holds the b-bit
+        code k at bit 8*i and nothing else.
+
+        PW / PO: width / first chunk of part j in bits 4j..4j+3; RND: the chunk after the parts
+        holds the round-half-up bit."""
+        if NP == 1 and RND == 0:
+            P = PW & 15
+            word = _pick(u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7)
+            if BYTES:
+                word = _part_bits(word, (u % (8 // P)) * P, 0, P)
+        else:
+            P0 = PW & 15
+            word = _part_bits(_pick(u // (8 // P0), c0, c1, c2, c3, c4, c5, c6, c7),
+                              (u % (8 // P0)) * P0, B - P0, P0)
+            for j in tl.static_range(1, NP):
+                P = (PW >> (4 * j)) & 15
+                OFF = (PO >> (4 * j)) & 15
+                word = word | _part_bits(_pick(OFF + u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7),
+                                         (u % (8 // P)) * P, B - OFF - P, P)
+            if RND:
+                OFFR = (PO >> (4 * NP)) & 15
+                rb = (_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
+                word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
+                word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
+        return word
+
+    @triton.jit
+    def _prmt_lane(word, i: tl.constexpr):
+        """One byte-permute: bytes [0x3F, lane i, 0, 0] = the float 0.5 + k/256 (k < 128)."""
+        if i == 0:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13312;", "=r,r", [word],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        elif i == 1:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13568;", "=r,r", [word],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        elif i == 2:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13824;", "=r,r", [word],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 14080;", "=r,r", [word],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        return r
+
+    @triton.jit
+    def lane_value(word, i: tl.constexpr, u: tl.constexpr, RAW: tl.constexpr, P: tl.constexpr, B: tl.constexpr,
+                   PRMT: tl.constexpr):
+        """The float v for lane i of unit u's word, k = LAM*(v - MU) (see :func:`lane_consts`):
+        v = 1 + k/2^B from a shift and an and-or, or with PRMT (byte lanes, B <= 7) v = 0.5 + k/256
+        from one byte permute."""
+        if PRMT:
+            t = _prmt_lane(word, i)
+        else:
+            if RAW:
+                pos = 8 * i + P * (u % (8 // P))
+            else:
+                pos = 8 * i
+            sh = 23 - B - pos
+            if sh >= 0:
+                t = word << sh
+            else:
+                t = word >> (-sh)
+            t = (t & (((1 << B) - 1) << (23 - B))) | 0x3F800000
+        return t.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def finish_tile(acc, offs_m, offs_n, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k,
+                    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """Store a [BM, BN] fp32 tile. With SPLIT_K > 1 every program writes its partial to the
+        workspace and the last program of the tile (per-tile counter) sums the partials in a
+        fixed order, adds the bias and writes the output: one launch, deterministic, and the
+        counter is reset for the next call."""
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        if SPLIT_K == 1:
+            if HAS_BIAS:
+                acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(OUT + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+        else:
+            ws = WS + offs_m[:, None] * N + offs_n[None, :]
+            tl.store(ws + pid_k * M * N, acc, mask=mask)
+            tl.debug_barrier()
+            old = tl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = tl.zeros_like(acc)
+                for s in range(SPLIT_K):
+                    tot += tl.load(ws + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    tot += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+                tl.store(OUT + offs_m[:, None] * stride_om + offs_n[None, :], tot.to(OUT.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
