@@ -100,9 +100,9 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     gemv_kernel[(grid_n, split)](
         x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
         out, out.stride(0), bias if bias is not None else out, ws, cnt,
-        m, n, pw.k, kt, pw.scales.shape[0], per,
+        m, n, pw.k, kt, pw.scales.shape[0], per, split,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
-        BM=bm, BN=cfg.bn, SPLIT_K=split, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
+        BM=bm, BN=cfg.bn, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
     return out
@@ -123,9 +123,10 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     gemm_kernel[grid](
         x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
         out, out.stride(0), bias if bias is not None else out, ws, cnt,
-        m, n, pw.k, kt, pw.scales.shape[0], per,
+        m, n, pw.k, kt, pw.scales.shape[0], per, split,
         lam, lam * mu, plan.two_d, plan.zoff, plan.zconst,
-        BM=cfg.bm, BN=cfg.bn, SPLIT_K=split, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
+        BM=cfg.bm, BN=cfg.bn, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
+        F32DOT=interpreting() and x2.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
     return out

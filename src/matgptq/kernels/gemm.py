@@ -16,12 +16,13 @@ if triton is not None:
     @triton.jit
     def gemm_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
-        M, N, K, KTN, NG, TILES_PER_SPLIT,
+        M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
         LAM, LMU, TWO_D, ZOFF, ZCONST,
         BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
-        EVEN: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+        EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+        F32DOT: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -55,7 +56,10 @@ if triton is not None:
                     else:
                         xv = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :],
                                      mask=(offs_m[:, None] < M) & (kk[None, :] < K), other=0.0)
-                    ag = tl.dot(xv, tl.trans(kf.to(xdt)), ag)
+                    if F32DOT:  # the interpreter's bf16 dot is wrong; bf16 values are exact in fp32
+                        ag = tl.dot(xv.to(tl.float32), tl.trans(kf), ag, input_precision="ieee")
+                    else:
+                        ag = tl.dot(xv, tl.trans(kf.to(xdt)), ag)
                     xs += tl.sum(xv.to(tl.float32), axis=1)
                     if (u + 1) % UG == 0:
                         if G == 0:
@@ -71,7 +75,7 @@ if triton is not None:
                         ag = tl.zeros([BM, BN], dtype=tl.float32)
                         xs = tl.zeros([BM], dtype=tl.float32)
         tile_id = pid_n * tl.num_programs(1) + pid_m
-        finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, HAS_BIAS)
+        finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, SPLIT, HAS_BIAS)
 
     @triton.jit
     def dequant_kernel(

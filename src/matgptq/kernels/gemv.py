@@ -18,12 +18,12 @@ if triton is not None:
     @triton.jit
     def gemv_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
-        M, N, K, KTN, NG, TILES_PER_SPLIT,
+        M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
         C1, C0, ZOFF, ZCONST,
         BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
-        EVEN: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+        EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -63,12 +63,12 @@ if triton is not None:
                             g = 0
                         else:
                             g = tl.minimum((kt * KT + (8 * i + u + 1 - UG) * V) // G, NG - 1)
-                        s = tl.load(S + g * N + rows3, mask=qmask, other=0.0).to(tl.float32)
+                        s = tl.load(S + g * N + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :, None]
                         if SYM:
                             zb = ZCONST - ZOFF
                         else:
-                            zb = tl.load(Z + g * N + rows3, mask=qmask, other=0).to(tl.float32) - ZOFF
+                            zb = tl.load(Z + g * N + rows, mask=rows < N, other=0).to(tl.float32)[None, :, None] - ZOFF
                         acc += s * (a * C1 - (C0 + zb) * xs)
         out = tl.sum(acc, axis=2)
         offs_m = tl.arange(0, BM)
-        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
+        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, SPLIT, HAS_BIAS)

@@ -22,6 +22,10 @@ from ..kernels.dispatch import kernel_supported, quant_matmul, triton_available
 from ..kernels.pack import LAYOUTS, PackedWeight, dequantize_packed, pack, unpack_codes
 from ..quant import QuantConfig, QuantizedWeight
 
+# "auto": Triton kernels for CUDA inputs; "triton": always (the tests run them under the
+# interpreter on CPU); "torch": never.
+KERNELS = "auto"
+
 
 class QuantLinear(nn.Module):
     """y = x · Ŵ_bᵀ + bias, with Ŵ_b the b-bit slice of the stored codes."""
@@ -132,7 +136,9 @@ class QuantLinear(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        return x.is_cuda and triton_available() and kernel_supported(self.packed, self._bits)
+        if KERNELS == "torch" or not kernel_supported(self.packed, self._bits):
+            return False
+        return KERNELS == "triton" or (x.is_cuda and triton_available())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -142,7 +148,7 @@ class QuantLinear(nn.Module):
             cdt = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else self.dtype
             if cdt not in (torch.float16, torch.bfloat16):
                 cdt = torch.float16
-            y = quant_matmul(x_in.to(cdt), self.packed, self._bits, self.bias)
+            y = quant_matmul(x_in.to(cdt), self.packed, self._bits, self.bias, backend=KERNELS)
             return y.to(x.dtype)
         w = self._weight()
         bias = None if self.bias is None else self.bias.to(w.dtype)

@@ -1,0 +1,132 @@
+"""Triton kernels against a float64 dequantized reference (CPU, TRITON_INTERPRET=1).
+
+Outputs are poisoned with NaN before every launch, so an element a kernel leaves unwritten
+fails. Shapes are small and odd (rows not a multiple of the row tile, K not a multiple of the
+512-wide k-tile) so the interpreter stays fast.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from matgptq.kernels import dispatch  # noqa: E402
+from matgptq.kernels.configs import KernelConfig  # noqa: E402
+from matgptq.kernels.dispatch import dequantize_triton, quant_matmul, run_config  # noqa: E402
+from matgptq.kernels.pack import pack  # noqa: E402
+from matgptq.quant.grid import dequantize  # noqa: E402
+
+TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+GEMV = KernelConfig("gemv", bn=32, split_k=1)
+GEMM = KernelConfig("gemm", bn=32, bm=16, split_k=1)
+
+
+def _case(n, k, gs, rule, layout, bits, m=8, asym=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    groups = 1 if gs is None else k // gs
+    q = torch.randint(0, 1 << m, (n, k), generator=g, dtype=torch.uint8)
+    s = (torch.rand(n, groups, generator=g) * 0.02 + 1e-3).half()
+    z = (torch.randint(0, 1 << m, (n, groups), generator=g) if asym
+         else torch.full((n, groups), 1 << (m - 1))).to(torch.uint8)
+    pw = pack(q, s, z, master_bits=m, slicing=rule, group_size=gs, layout=layout, bits=bits)
+    return pw, dequantize(q, s, z, m, bits, rule, gs, torch.float64)
+
+
+def _check(out, x, w, bias=None):
+    ref = x.double() @ w.t()
+    if bias is not None:
+        ref += bias.double()
+    assert torch.isfinite(out).all(), "an output element was left unwritten (NaN poison survived)"
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < TOL[x.dtype], f"relative error {err:.2e}"
+
+
+def _run(cfg, x, pw, bits, bias=None):
+    out = torch.full((x.shape[0], pw.n), float("nan"), dtype=x.dtype)
+    run_config(cfg, x, pw, bits, out, bias)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["fixed", "resident"])
+@pytest.mark.parametrize("rule", ["round", "nested"])
+def test_every_width_both_kernels(layout, rule):
+    """Every width 2..8 through the CUDA-core and the tensor-core kernel (40 x 72: one padded
+    k-tile, rows masked)."""
+    for bits in range(2, 9):
+        pw, w = _case(40, 72, None, rule, layout, bits, seed=bits)
+        g = torch.Generator().manual_seed(bits)
+        x1 = torch.randn(1, 72, generator=g).half()
+        _check(_run(GEMV, x1, pw, bits), x1, w)
+        x9 = torch.randn(9, 72, generator=g).half()
+        _check(_run(GEMM, x9, pw, bits), x9, w)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 7, 8, 9, 16, 33])
+def test_every_batch_size_through_dispatch(batch):
+    """The automatic choice (CUDA-core kernel up to 8 rows, tensor cores above) at batch sizes
+    that are not powers of two; groups of 32, asymmetric zeros, 3 k-tiles split three ways."""
+    pw, w = _case(48, 1536, 32, "round", "resident", 3, asym=True, seed=batch)
+    x = torch.randn(batch, 1536, generator=torch.Generator().manual_seed(batch)).half()
+    kind = "gemv" if batch <= 8 else "gemm"
+    cfg = KernelConfig(kind, bn=32, bm=16 if batch <= 16 else 64, split_k=3)
+    _check(_run(cfg, x, pw, 3), x, w)
+    assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4).kind == kind
+    out = quant_matmul(x.view(batch, 1, 1536), pw, 3, backend="triton")
+    assert out.shape == (batch, 1, 48)
+    _check(out.view(batch, 48), x, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gs,layout,bits", [(64, "fixed", 6), (None, "resident", 5), (128, "fixed", 7)])
+def test_dtypes_groups_bias_and_split_k(dtype, gs, layout, bits):
+    pw, w = _case(72, 1024, gs, "nested", layout, bits, asym=gs == 64, seed=bits)
+    g = torch.Generator().manual_seed(1)
+    bias = torch.randn(72, generator=g).to(dtype)
+    for m, cfg in ((1, KernelConfig("gemv", bn=64, split_k=2)), (4, KernelConfig("gemv", bn=32, split_k=2)),
+                   (20, KernelConfig("gemm", bn=64, bm=32, split_k=2))):
+        x = torch.randn(m, 1024, generator=g).to(dtype)
+        _check(_run(cfg, x, pw, bits, bias), x, w, bias)
+
+
+def test_split_k_counters_reset_and_results_repeat():
+    pw, w = _case(40, 1536, 128, "round", "fixed", 4, seed=9)
+    x = torch.randn(2, 1536, generator=torch.Generator().manual_seed(9)).half()
+    cfg = KernelConfig("gemv", bn=32, split_k=3)
+    a = _run(cfg, x, pw, 4)
+    b = _run(cfg, x, pw, 4)
+    assert torch.equal(a, b)  # fixed summation order: deterministic
+    _check(a, x, w)
+    _, cnt = dispatch._workspace(x.device, 0, 0)
+    assert int(cnt.abs().sum()) == 0  # the last program of every tile reset its counter
+
+
+def test_resident_switches_width_without_repacking():
+    pw, _ = _case(40, 600, None, "nested", "resident", 8, seed=5)
+    x = torch.randn(3, 600, generator=torch.Generator().manual_seed(5)).half()
+    ptr = pw.qweight.data_ptr()
+    for bits in (8, 4, 2, 6):
+        _, w = _case(40, 600, None, "nested", "resident", bits, seed=5)
+        _check(quant_matmul(x, pw, bits, backend="triton"), x, w)
+    assert pw.qweight.data_ptr() == ptr
+
+
+def test_dequantize_kernel_and_large_batch_path():
+    pw, w = _case(40, 600, None, "round", "resident", 3, asym=True, seed=6)
+    wt = dequantize_triton(pw, 3, torch.float32)
+    assert torch.allclose(wt.double(), w, rtol=1e-6, atol=1e-7)
+    x = torch.randn(5, 600, generator=torch.Generator().manual_seed(6)).half()
+    _check(_run(KernelConfig("cublas"), x, pw, 3), x, w)
+
+
+def test_torch_backend_and_errors():
+    pw, w = _case(40, 72, None, "round", "fixed", 4, seed=7)
+    x = torch.randn(2, 72, generator=torch.Generator().manual_seed(7)).half()
+    _check(quant_matmul(x, pw, 4, backend="torch"), x, w)
+    with pytest.raises(ValueError, match="features"):
+        quant_matmul(torch.randn(2, 71).half(), pw, 4)
+    with pytest.raises(ValueError, match="only the 4-bit slice"):
+        quant_matmul(x, pw, 3)
