@@ -47,7 +47,15 @@ def _consts(pw: PackedWeight, plan: ReadPlan) -> dict:
         PO=sum(o << (4 * j) for j, o in enumerate(offs)), RND=int(plan.round_part),
         NCH=offs[-1] + int(plan.round_part), CH=pw.code_bits, SYM=pw.zeros is None,
         PRMT=use_prmt(plan.bits),
-    )
+        UG=8 if not pw.group_size else min(8, pw.group_size // V),  # units per scale group
+    ) | dict(RAW=False)
+
+
+def _with_raw(c: dict) -> dict:
+    """RAW: a single part read without rounding bit and without byte permutes is decoded
+    straight from the packed word."""
+    c["RAW"] = c["NP"] == 1 and c["RND"] == 0 and not c["PRMT"]
+    return c
 
 
 _workspaces: dict = {}
@@ -95,14 +103,14 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     grid_n = -(-n // cfg.bn)
     ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid_n)
     bm = configs.next_pow2(m)
-    c = _consts(pw, plan)
+    c = _with_raw(_consts(pw, plan))
     lam, mu = lane_consts(plan.bits, c["PRMT"])
     gemv_kernel[(grid_n, split)](
         x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
         out, out.stride(0), bias if bias is not None else out, ws, cnt,
         m, n, pw.k, kt, pw.scales.shape[0], per, split,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
-        BM=bm, BN=cfg.bn, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
+        BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
     return out
@@ -118,14 +126,14 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     split = -(-kt // per)
     grid = (-(-n // cfg.bn), -(-m // cfg.bm), split)
     ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid[0] * grid[1])
-    c = _consts(pw, plan)
+    c = _with_raw(_consts(pw, plan))
     lam, mu = lane_consts(plan.bits, c["PRMT"])
     gemm_kernel[grid](
         x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
         out, out.stride(0), bias if bias is not None else out, ws, cnt,
         m, n, pw.k, kt, pw.scales.shape[0], per, split,
         lam, lam * mu, plan.two_d, plan.zoff, plan.zconst,
-        BM=cfg.bm, BN=cfg.bn, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
+        BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
         F32DOT=interpreting() and x2.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
@@ -140,7 +148,7 @@ def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torc
     plan = pw.read_plan(bits)
     if out is None:
         out = torch.empty(pw.n, pw.k, dtype=dtype, device=pw.qweight.device)
-    c = _consts(pw, plan)
+    c = _with_raw(_consts(pw, plan))
     lam, mu = lane_consts(plan.bits, c["PRMT"])
     dequant_kernel[(-(-pw.n // bn), pw.k_tiles)](
         pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales, out, pw.n, pw.k,

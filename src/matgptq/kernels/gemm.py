@@ -13,23 +13,21 @@ if triton is not None:
 
     from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def gemm_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
         M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
         LAM, LMU, TWO_D, ZOFF, ZCONST,
-        BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
-        EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+        EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
         F32DOT: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
         KT: tl.constexpr = 32 * V
-        UG: tl.constexpr = 8 if G == 0 else min(8, G // V)
-        RAW: tl.constexpr = NP == 1 and RND == 0 and not PRMT
         rows = pid_n * BN + tl.arange(0, BN)
         offs_m = pid_m * BM + tl.arange(0, BM)
         t = tl.arange(0, V)
@@ -75,21 +73,20 @@ if triton is not None:
                         ag = tl.zeros([BM, BN], dtype=tl.float32)
                         xs = tl.zeros([BM], dtype=tl.float32)
         tile_id = pid_n * tl.num_programs(1) + pid_m
-        finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, SPLIT, HAS_BIAS)
+        finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, HAS_BIAS)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["NG"])
     def dequant_kernel(
         Q, S, Z, W, N, K, NG,
         LAM, LMU, TWO_D, ZOFF, ZCONST,
-        BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
+        BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
-        NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr, PRMT: tl.constexpr,
+        NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
     ):
         """W[n, k] = s*(k*2^d - z_b) in storage column order, one k-tile per program."""
         pid_n = tl.program_id(0)
         kt = tl.program_id(1)
         KT: tl.constexpr = 32 * V
-        RAW: tl.constexpr = NP == 1 and RND == 0 and not PRMT
         rows = pid_n * BN + tl.arange(0, BN)
         t = tl.arange(0, V)
         qmask = rows[:, None] < N

@@ -15,21 +15,19 @@ if triton is not None:
 
     from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def gemv_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
         M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
         C1, C0, ZOFF, ZCONST,
-        BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
-        EVEN: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr,
+        EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
-        UG: tl.constexpr = 8 if G == 0 else min(8, G // V)  # units per scale group
-        RAW: tl.constexpr = NP == 1 and RND == 0 and not PRMT
         rows = pid_n * BN + tl.arange(0, BN)
         rows3 = rows[None, :, None]
         t3 = tl.arange(0, V)[None, None, :]
@@ -71,4 +69,4 @@ if triton is not None:
                         acc += s * (a * C1 - (C0 + zb) * xs)
         out = tl.sum(acc, axis=2)
         offs_m = tl.arange(0, BM)
-        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, SPLIT, HAS_BIAS)
+        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)

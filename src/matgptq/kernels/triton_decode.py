@@ -151,13 +151,13 @@ if triton is not None:
 
     @triton.jit
     def finish_tile(acc, offs_m, offs_n, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
-                    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+                    HAS_BIAS: tl.constexpr):
         """Store a [BM, BN] fp32 tile. With SPLIT_K > 1 every program writes its partial to the
         workspace and the last program of the tile (per-tile counter) sums the partials in a
         fixed order, adds the bias and writes the output: one launch, deterministic, and the
         counter is reset for the next call."""
         mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        if not SPLIT:
+        if SPLIT_K == 1:  # a run-time branch: one compiled kernel serves every split
             if HAS_BIAS:
                 acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
             tl.store(OUT + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
