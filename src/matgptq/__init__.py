@@ -4,13 +4,14 @@
     matgptq.quantize_model("path/to/model", "out/", matgptq.QuantConfig(bits=(8, 4, 3)))
     model = matgptq.load("out/", bits=4); model.set_bits(3)
     matgptq.evaluate("out/", bits=(8, 6, 4, 3, 2))
+    matgptq.search_bits("out/", target_bits=3.25); model = matgptq.load("out/", profile="3.25")
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "quantize_model": "api", "load": "api", "evaluate": "api", "set_bits": "api",
-    "QuantConfig": "quant", "QuantizedWeight": "quant",
+    "QuantConfig": "quant", "QuantizedWeight": "quant", "search_bits": "search.run",
 }
 
 

@@ -210,10 +210,11 @@ def _empty_model(model_cfg: dict, dtype: torch.dtype):
 
 
 def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype | None = None, layout: str = "resident") -> nn.Module:
+         dtype: str | torch.dtype | None = None, layout: str = "resident", profile: str | None = None) -> nn.Module:
     """A transformers model whose quantized linears serve any precision ``2..master_bits``.
 
     ``bits``: one width for every layer, or {module name: bits} (others get the default).
+    ``profile``: a per-layer map stored by ``matgptq search`` (e.g. ``"3.25"``), instead of ``bits``.
     Switch later with ``model.set_bits(3)`` (in place, no reload). Reads MatGPTQ checkpoints
     written by :func:`quantize_model` and the published MatGPTQ format.
     """
@@ -222,6 +223,12 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
 
     ck = open_checkpoint(path)
     meta = ck.meta
+    if profile is not None:
+        from .search.profiles import profile_bits
+
+        if bits is not None:
+            raise ValueError(f"give bits= or profile=, not both (bits={bits!r}, profile={profile!r})")
+        bits = profile_bits(ck.model_config, str(profile), ck.modules, meta.config.master_bits)
     _check_bits_arg(bits, meta, ck.modules)
     QuantLinear = _quant_linear_cls()
     dtype = parse_dtype(dtype)
@@ -308,11 +315,12 @@ def bits_per_weight(ck_or_meta, headers: dict[str, dict], bits: int) -> float:
 def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data: str = "sotu",
              seq_len: int = 2048, max_windows: int | None = None, batch_size: int = 1, bos: bool = False,
              tokenizer=None, device: str | torch.device = "cpu", label: str | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, profile: str | list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Perplexity of one checkpoint at several precisions (or of a float model), METHOD §6.
 
-    Returns a JSON-ready dict: settings (model, data, seq_len, windows, BOS, versions,
-    quantization metadata) and one result per precision.
+    ``profile``: also evaluate these stored per-layer profiles (``matgptq search``); pass
+    ``bits=()`` to evaluate only them. Returns a JSON-ready dict: settings (model, data, seq_len,
+    windows, BOS, versions, quantization metadata) and one result per precision or profile.
     """
     import transformers
 
@@ -324,7 +332,9 @@ def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data
     check_source(data, "evaluation")
     device = _resolve_device(device)
     bits = [bits] if isinstance(bits, int) else list(bits or [])
+    profiles = [profile] if isinstance(profile, str) else list(profile or [])
     quantized, meta, headers, name = False, None, None, label
+    profile_maps = {}
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
         name = name or p.name
@@ -334,9 +344,14 @@ def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data
             meta, headers = ck.meta, ck.headers
             for b in bits:
                 check_bits(b, meta.config.master_bits)
-            if not bits:
+            if profiles:
+                from .search.profiles import profile_bits
+
+                profile_maps = {n: profile_bits(ck.model_config, str(n), ck.modules, meta.config.master_bits)
+                                for n in profiles}
+            if not bits and not profiles:
                 bits = [meta.default_bits]
-            model = load(p, bits=bits[0], device=device)
+            model = load(p, bits=bits[0] if bits else profile_maps[profiles[0]], device=device)
             quantized = True
             if tokenizer is None:
                 from transformers import AutoTokenizer
@@ -348,6 +363,8 @@ def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data
             tokenizer = tokenizer or tok
     elif hasattr(model, "matgptq"):
         quantized, meta = True, model.matgptq
+    if profiles and not profile_maps:
+        raise ValueError(f"profile={profiles!r} needs a checkpoint folder written by matgptq (with stored profiles)")
     if tokenizer is None:
         raise ValueError("no tokenizer: pass tokenizer=... or a model folder that holds tokenizer files")
     tokens = eval_tokens(tokenizer, data)
@@ -366,6 +383,19 @@ def evaluate(model: str | os.PathLike | nn.Module, bits=(8, 6, 4, 3, 2), *, data
             r["bits_per_weight"] = 16.0
         log.info("%s bits=%s perplexity %.4f", name, b, r["perplexity"])
         for mod in model.modules():  # keep one dequantized width in memory, not all of them
+            if hasattr(mod, "clear_cache"):
+                mod.clear_cache()
+        results.append(r)
+    for pname, pmap in profile_maps.items():
+        from .search.profiles import profile_size
+
+        model.set_bits(pmap)
+        r = perplexity(model, tokens, seq_len, batch_size, max_windows, bos_id, device, progress)
+        size = profile_size(headers, meta.config.sym, pmap)
+        r = {"bits": str(pname), "profile": str(pname), **r, "bits_per_weight": size["bits_per_weight"],
+             "average_bits": size["average_bits"]}
+        log.info("%s profile %s perplexity %.4f", name, pname, r["perplexity"])
+        for mod in model.modules():
             if hasattr(mod, "clear_cache"):
                 mod.clear_cache()
         results.append(r)

@@ -3,6 +3,7 @@
     matgptq quantize MODEL --out DIR [--bits 8,4,3] [--group-size 128] [--calib sotu] ...
     matgptq eval CKPT [CKPT ...] [--bits 8,6,4,3,2] [--data sotu] [--json out.json] [--plot out.png]
     matgptq info CKPT
+    matgptq search CKPT --target-bits 3.25 [--levels 2,3,4,6,8] [--method evolution|knapsack|greedy] ...
     matgptq demo
 """
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of checkpoints at several precisions")
     e.add_argument("models", nargs="+", help="checkpoint folders (or float model folders)")
-    e.add_argument("--bits", type=_ints, default=(8, 6, 4, 3, 2))
+    e.add_argument("--bits", type=_ints, default=None, help="precisions (default 8,6,4,3,2)")
     e.add_argument("--data", default="sotu", help="sotu | wikitext2 | c4 | fineweb-edu | path")
     e.add_argument("--seq-len", type=int, default=2048)
     e.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
@@ -80,10 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", default=None, help="write the results here")
     e.add_argument("--plot", default=None, help="write a PNG of perplexity against bits per weight")
+    e.add_argument("--profile", action="append", default=None,
+                   help="evaluate a stored per-layer profile (repeatable); without --bits only the profiles")
 
     i = sub.add_parser("info", help="metadata, layers and size per precision of a checkpoint")
     i.add_argument("checkpoint")
     i.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("search", help="per-layer widths for a memory budget (Mix'n'Match), stored as a profile")
+    s.add_argument("checkpoint")
+    s.add_argument("--target-bits", type=float, required=True, help="average bits per weight, e.g. 3.25")
+    s.add_argument("--levels", type=_ints, default=None, help="widths to choose from (default 2,3,4,6,8)")
+    s.add_argument("--count-scales", action="store_true", help="the budget counts scales (+ zeros) too")
+    s.add_argument("--no-group-by-shape", action="store_true", help="let layers of any shape trade levels")
+    s.add_argument("--method", default="evolution", choices=["evolution", "knapsack", "greedy"])
+    s.add_argument("--generations", type=int, default=100)
+    s.add_argument("--offspring", type=int, default=32)
+    s.add_argument("--tokens", type=_ints, default=(2048, 8192, 32768), help="calibration tokens per stage")
+    s.add_argument("--survivors", type=_ints, default=(8, 2, 1), help="candidates kept per stage")
+    s.add_argument("--max-mutations", type=int, default=1, help="level switches per offspring (1..N)")
+    s.add_argument("--sensitivity-tokens", type=int, default=2048, help="tokens for the knapsack/greedy table")
+    s.add_argument("--topk", type=int, default=256, help="full-precision tokens kept per position for the KL")
+    s.add_argument("--reference", default=None, help="float model folder for the KL targets (default: master width)")
+    s.add_argument("--calib", default="sotu", help="calibration source (never the evaluation text)")
+    s.add_argument("--calib-samples", type=int, default=128)
+    s.add_argument("--seq-len", type=int, default=2048)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--name", default=None, help="profile name (default: the target, e.g. 3.25)")
+    s.add_argument("--state", default=None, help="resume state file (default: inside the checkpoint)")
+    s.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    s.add_argument("--no-save", action="store_true", help="do not store the profile in the checkpoint")
+    s.add_argument("--json", default=None, help="write the result here")
 
     d = sub.add_parser("demo", help="quantize SmolLM2-135M on the CPU and print its perplexity table")
     d.add_argument("--out", default=None, help="where to write the checkpoint (default: a cache folder)")
@@ -98,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from .models.traverse import UnsupportedModelError
 
     try:
-        return {"quantize": _quantize, "eval": _eval, "info": _info, "demo": _demo}[args.command](args)
+        return {"quantize": _quantize, "eval": _eval, "info": _info, "demo": _demo,
+                "search": _search}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError,
             CorruptCheckpointError, UnsupportedModelError, RuntimeError) as exc:
         print(f"matgptq {args.command}: error: {exc}", file=sys.stderr)
@@ -140,9 +170,11 @@ def _eval(args) -> int:
 
     if args.plot:
         _check_png(args.plot)
+    bits = args.bits if args.bits is not None else (() if args.profile else (8, 6, 4, 3, 2))
     runs = [
-        evaluate(m, args.bits, data=args.data, seq_len=args.seq_len, max_windows=args.max_windows,
-                 batch_size=args.batch_size, bos=args.bos, device=args.device, progress=not args.quiet)
+        evaluate(m, bits, data=args.data, seq_len=args.seq_len, max_windows=args.max_windows,
+                 batch_size=args.batch_size, bos=args.bos, device=args.device, progress=not args.quiet,
+                 profile=args.profile)
         for m in args.models
     ]
     print(format_table(runs))
@@ -169,6 +201,32 @@ def _info(args) -> int:
 
     info = checkpoint_info(args.checkpoint)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _search(args) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .search.run import result_dict, search_bits
+
+    with logging_redirect_tqdm():
+        r = search_bits(
+            args.checkpoint, args.target_bits, method=args.method, levels=args.levels, count_scales=args.count_scales,
+            group_by_shape=not args.no_group_by_shape, generations=args.generations, offspring=args.offspring,
+            survivors=args.survivors, tokens=args.tokens, max_mutations=args.max_mutations,
+            sensitivity_tokens=args.sensitivity_tokens, topk=args.topk, calibration=args.calib,
+            num_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed, reference=args.reference,
+            device=args.device, name=args.name, save=not args.no_save, state_path=args.state,
+            resume=not args.no_resume, progress=not args.quiet,
+        )
+    widths = sorted(r.layer_bits.values())
+    hist = ", ".join(f"{widths.count(b)}x{b}b" for b in sorted(set(widths)))
+    where = "not stored" if args.no_save else f"stored as profile {r.name!r} in {r.checkpoint}"
+    print(f"{r.method}: {r.average_bits:.4f} bits/weight (target {r.target_bits:g}), KL {r.fitness:.5f}; "
+          f"{hist}; {r.size.get('bits_per_weight')} bits/weight with scales; {where}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result_dict(r), indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

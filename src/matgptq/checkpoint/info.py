@@ -44,6 +44,15 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
             "total_MB": round(total / 1e6, 3),
         }
     on_disk = sum(s.stat().st_size for s in ck.shards)
+    profiles = {}
+    for pname, rec in ((ck.model_config.get("quantization_config") or {}).get("profiles") or {}).items():
+        from ..search.profiles import profile_size
+
+        size = profile_size(h, meta.config.sym, {m: int(b) for m, b in (rec.get("layer_bits") or {}).items()})
+        hist = Counter(int(b) for b in (rec.get("layer_bits") or {}).values())
+        profiles[pname] = {**size, "total_MB": round(size["quantized_MB"] + (perm_bytes + other_bytes) / 1e6, 3),
+                           "target_bits": rec.get("target_bits"), "method": rec.get("method"),
+                           "layers_per_width": {str(b): hist[b] for b in sorted(hist)}}
     return {
         "path": str(ck.path),
         "architecture": (ck.model_config.get("architectures") or [ck.model_config.get("model_type")])[0],
@@ -60,6 +69,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
         "on_disk_MB": round(on_disk / 1e6, 3),
         "size_per_precision": per_bits,
         "shards": len(ck.shards),
+        "profiles": profiles,
     }
 
 
@@ -82,4 +92,11 @@ def format_info(info: dict) -> str:
                  f"{' + zeros' if not q.get('sym', True) else ''}; unquantized tensors {info['unquantized_MB']} MB)")
     for b, s in sorted(info["size_per_precision"].items(), reverse=True):
         lines.append(f"{b:>4} {s['bits_per_weight']:>8} {s['quantized_MB']:>13} {s['total_MB']:>10}")
+    if info.get("profiles"):
+        lines.append(f"{'profile':>8} {'bits':>6} {'bits/w':>8} {'quantized MB':>13} {'model MB':>10}   "
+                     "(per-layer widths from 'matgptq search'; load with profile=NAME)")
+        for pname, p in info["profiles"].items():
+            widths = ", ".join(f"{n}x{b}b" for b, n in p["layers_per_width"].items())
+            lines.append(f"{pname:>8} {p['average_bits']:>6} {p['bits_per_weight']:>8} {p['quantized_MB']:>13} "
+                         f"{p['total_MB']:>10}   {p['method']}, target {p['target_bits']}: {widths}")
     return "\n".join(lines)
