@@ -179,3 +179,26 @@ def test_cli_search_writes_profile(ckpt, tmp_path, capsys):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["average_bits"] <= 3.5 and r["generations"] == 2
     assert load(ck, profile="3.5").get_submodule("model.layers.0.mlp.up_proj").bits in (2, 3, 4, 6, 8)
+
+
+def test_prefix_reuse_gives_the_same_kl_and_sparse_equals_dense(ckpt, model):
+    from matgptq.search.fitness import KLFitness
+    from matgptq.search.kl import dense_kl
+
+    names = open_checkpoint(ckpt).modules
+    rng = torch.Generator().manual_seed(3)
+    cands = [tuple([8] * len(names))] + [tuple(int(b) for b in torch.tensor([2, 3, 4, 6, 8])[
+        torch.randint(0, 5, (len(names),), generator=rng)]) for _ in range(5)]
+    cands.append(tuple([8] * (len(names) - 1) + [2]))  # differs only in the last block
+    fast = KLFitness(model, names, POOL, topk=64)(cands, [0, 3, 5])
+    slow = KLFitness(model, names, POOL, topk=64, reuse_prefix=False)(cands, [0, 3, 5])
+    assert fast == slow
+    # k = vocab: the fitness is the dense KL (float64 oracle) against the master-width model
+    full = KLFitness(model, names, POOL, topk=320, reuse_prefix=False)
+    got = full([cands[1]], [2])[0]
+    full.apply(cands[0])
+    with torch.no_grad():
+        p = model(POOL[2:3]).logits[0].double()
+        full.apply(cands[1])
+        q = model(POOL[2:3]).logits[0].double()
+    assert got == pytest.approx(float(dense_kl(p, q).mean()), rel=1e-4)

@@ -25,17 +25,24 @@ from .budget import Budget
 MAX_CELLS = 4_000_000
 
 
-def sensitivities(budget: Budget, loss: Callable[[dict[int, int]], float], progress: bool = True) -> np.ndarray:
-    """[layers, levels] losses; ``loss({layer index: bits})`` scores the model with those layers
-    changed and all others at the highest level. The highest-level column is the base loss."""
+def sensitivities(budget: Budget, losses: Callable[[list[dict[int, int]]], list[float]], progress: bool = True,
+                  chunk: int = 8) -> np.ndarray:
+    """[layers, levels] losses. ``losses([{layer index: bits}, ...])`` scores each change (those
+    layers changed, all others at the highest level); it is called with the unchanged model first
+    in every batch, so an evaluator can reuse its computation. The highest-level column is the
+    base loss."""
     n, levels = len(budget.layers), budget.levels
     table = np.empty((n, len(levels)), dtype=np.float64)
-    table[:, -1] = loss({})
-    with tqdm(total=n * (len(levels) - 1), desc="sensitivity", disable=not progress, dynamic_ncols=True) as bar:
-        for i in range(n):
-            for k, b in enumerate(levels[:-1]):
-                table[i, k] = loss({i: b})
-                bar.update(1)
+    jobs = [(i, k) for i in range(n) for k in range(len(levels) - 1)]
+    per = max(1, chunk * (len(levels) - 1))
+    with tqdm(total=len(jobs), desc="sensitivity", disable=not progress, dynamic_ncols=True) as bar:
+        for s in range(0, len(jobs), per):
+            part = jobs[s: s + per]
+            vals = losses([{}] + [{i: levels[k]} for i, k in part])
+            table[:, -1] = vals[0]
+            for (i, k), v in zip(part, vals[1:]):
+                table[i, k] = v
+            bar.update(len(part))
     return table
 
 

@@ -207,15 +207,18 @@ def search_bits(
             idx = sorted(int(i) for i in rng_for(seed, -2).choice(pool.shape[0], size=n_seq, replace=False))
             top = [budget.levels[-1]] * len(budget.layers)
 
-            def loss(changes: dict[int, int]) -> float:
-                bits = list(top)
-                for i, b in changes.items():
-                    bits[i] = b
-                if on_candidate is not None:
-                    on_candidate(budget.as_map(bits))
-                return fit.loss(bits, idx)
+            def losses(changes: list[dict[int, int]]) -> list[float]:
+                cands = []
+                for ch in changes:
+                    bits = list(top)
+                    for i, b in ch.items():
+                        bits[i] = b
+                    if on_candidate is not None:
+                        on_candidate(budget.as_map(bits))
+                    cands.append(bits)
+                return fit(cands, idx)
 
-            table = sensitivities(budget, loss, progress) if sensitivity is None else np.asarray(sensitivity)
+            table = sensitivities(budget, losses, progress) if sensitivity is None else np.asarray(sensitivity)
             bits = (knapsack if method == "knapsack" else greedy)(budget, table)
             if on_candidate is not None:
                 on_candidate(budget.as_map(bits))
