@@ -10,7 +10,9 @@ seed 0 (the settings of benchmarks/quality.py); the checkpoint is cached under
 ~/.cache/matgptq/bench. For each target (3.0, 2.5 bits per weight, codes only):
 
   (a) evolution: EvoPress search, fitness = top-k sparse KL(float model ‖ candidate) on
-      calibration text (pre-1990 SOTU windows), never on the evaluation text;
+      calibration text (pre-1990 SOTU windows), never on the evaluation text; its first parent is
+      the knapsack result (b) (--init knapsack, the default: a CPU budget of a few generations
+      cannot walk far from a uniform start) or the near-uniform assignment (--init uniform);
   (b) knapsack: per-layer sensitivity (KL with one layer alone lowered, others at 8 bits), then
       the exact multiple-choice knapsack under the same budget;
   (c) uniform 3 bits;
@@ -77,7 +79,9 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=256)
     ap.add_argument("--pool", type=int, default=None, help="calibration sequences in the search pool")
     ap.add_argument("--seq-len", type=int, default=None, help="length of the search pool's sequences")
-    ap.add_argument("--sensitivity-tokens", type=int, default=256)
+    ap.add_argument("--sensitivity-tokens", type=int, default=128)
+    ap.add_argument("--init", choices=["knapsack", "uniform"], default="knapsack",
+                    help="first parent of the evolution: the knapsack result (b) or the near-uniform assignment")
     ap.add_argument("--select-tokens", type=int, default=2048, help="batch that picks (d) and reports calibration KL")
     ap.add_argument("--eval-windows", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
@@ -201,6 +205,7 @@ def _fill(budget, lo: int, hi: int, order: list[int]) -> tuple[int, ...]:
 
 
 def real(args) -> None:
+    from matgptq.checkpoint import open_checkpoint
     from matgptq.data import CalibrationSpec, calibration_tokens, eval_tokens
     from matgptq.data.sources import env_cache_dir
     from matgptq.demo import SMOLLM2_PACKAGE, smollm2_model_dir
@@ -212,10 +217,10 @@ def real(args) -> None:
 
     seq_len = args.seq_len or 256
     pool_n = args.pool or 64
-    gens = args.generations if args.generations is not None else 20
-    offspring = args.offspring or 12
-    tokens = args.tokens or (256, 1024)
-    survivors = args.survivors or (3, 1)
+    gens = args.generations if args.generations is not None else 15
+    offspring = args.offspring or 8
+    tokens = args.tokens or (256, 512)
+    survivors = args.survivors or (2, 1)
     t_start = time.time()
     model_dir = smollm2_model_dir()
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -232,7 +237,7 @@ def real(args) -> None:
                             "seed": args.seed},
                    "generations": gens, "offspring": offspring, "tokens_per_stage": list(tokens),
                    "survivors": list(survivors), "max_mutations": args.max_mutations, "group_rule": "shape",
-                   "seed": args.seed, "sensitivity_tokens": args.sensitivity_tokens,
+                   "seed": args.seed, "sensitivity_tokens": args.sensitivity_tokens, "init": args.init,
                    "select_tokens": args.select_tokens},
         "evaluation": {"text": "builtin:sotu_evaluation.txt (1990-2021, held out)", "seq_len": 512,
                        "windows": args.eval_windows, "protocol": "METHOD §6"},
@@ -323,13 +328,18 @@ def real(args) -> None:
             rows["(b) knapsack"] = row(f"{key}: (b) sensitivity + knapsack", res.layer_bits, budget,
                                        {"profile": res.name})
             save()
+        init = None
+        if args.init == "knapsack":
+            init = open_checkpoint(ck).model_config["quantization_config"]["profiles"][
+                rows["(b) knapsack"]["profile"]]["layer_bits"]
         if "(a) evolution" not in rows:
             t = time.time()
             res = search_bits(ck, target, generations=gens, offspring=offspring, tokens=tokens, survivors=survivors,
-                              max_mutations=args.max_mutations, state_path=cache / f"evo-{key}.state.json", **common)
+                              max_mutations=args.max_mutations, state_path=cache / f"evo-{key}-{args.init}.state.json",
+                              init=init, **common)
             secs = [h["seconds"] for h in res.history]
             rows["(a) evolution"] = row(f"{key}: (a) evolution", res.layer_bits, budget, {
-                "profile": res.name, "generations": res.generations, "evaluations": res.evaluations,
+                "profile": res.name, "init": args.init, "generations": res.generations, "evaluations": res.evaluations,
                 "search_seconds": round(time.time() - t, 1),
                 "seconds_per_generation_median": statistics.median(secs) if secs else None,
                 "fitness_history": [round(h["fitness"], 5) for h in res.history]})

@@ -202,3 +202,14 @@ def test_prefix_reuse_gives_the_same_kl_and_sparse_equals_dense(ckpt, model):
         full.apply(cands[1])
         q = model(POOL[2:3]).logits[0].double()
     assert got == pytest.approx(float(dense_kl(p, q).mean()), rel=1e-4)
+
+
+def test_init_from_a_stored_profile(ckpt, model, tmp_path):
+    ck = _fresh(ckpt, tmp_path)
+    k = search_bits(ck, 3.0, method="knapsack", model=model, sensitivity_tokens=16, calibration=POOL, topk=64,
+                    progress=False)
+    r = search_bits(ck, 3.0, model=model, save=False, init=k.name, state_path=tmp_path / "s.json",
+                    **{**FAST, "generations": 0})
+    assert r.layer_bits == k.layer_bits
+    with pytest.raises(ValueError, match="over the target"):
+        search_bits(ck, 2.5, model=model, save=False, init=k.name, **FAST)

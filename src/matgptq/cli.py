@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None, help="resume state file (default: inside the checkpoint)")
     s.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     s.add_argument("--no-save", action="store_true", help="do not store the profile in the checkpoint")
+    s.add_argument("--init", default=None, help="start the evolution from this stored profile")
     s.add_argument("--json", default=None, help="write the result here")
 
     d = sub.add_parser("demo", help="quantize SmolLM2-135M on the CPU and print its perplexity table")
@@ -217,7 +218,7 @@ def _search(args) -> int:
             sensitivity_tokens=args.sensitivity_tokens, topk=args.topk, calibration=args.calib,
             num_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed, reference=args.reference,
             device=args.device, name=args.name, save=not args.no_save, state_path=args.state,
-            resume=not args.no_resume, progress=not args.quiet,
+            resume=not args.no_resume, progress=not args.quiet, init=args.init,
         )
     widths = sorted(r.layer_bits.values())
     hist = ", ".join(f"{widths.count(b)}x{b}b" for b in sorted(set(widths)))

@@ -162,8 +162,10 @@ def load_state(path: Path, fingerprint: str) -> EvoState | None:
 def evolve(budget: Budget, evaluate: Evaluate, cfg: EvoConfig, *, groups: list[list[int]], pool_size: int,
            seq_len: int, fingerprint: str = "", state_path: str | Path | None = None, resume: bool = True,
            on_candidate: Callable[[Candidate], None] | None = None, stop_after: int | None = None,
-           progress: bool = True) -> EvoState:
-    """Run (or resume) the search; returns the state with the best candidate as ``parent``."""
+           progress: bool = True, init: Sequence[int] | None = None) -> EvoState:
+    """Run (or resume) the search; returns the state with the best candidate as ``parent``.
+
+    ``init``: the first parent (default: :func:`initial_candidate`, near-uniform)."""
     cfg.check()
     if not any(len(g) > 1 for g in groups):
         raise ValueError("no two layers share a group (shape), so no level switch keeps the budget; "
@@ -171,8 +173,12 @@ def evolve(budget: Budget, evaluate: Evaluate, cfg: EvoConfig, *, groups: list[l
     plan = stage_sequences(cfg, pool_size, seq_len)
     state_path = Path(state_path) if state_path else None
     state = load_state(state_path, fingerprint) if (state_path and resume) else None
+    if init is not None and not budget.fits(init):
+        raise ValueError(f"the initial candidate has {budget.average_bits(init):.4f} bits per weight, over the "
+                         f"target {budget.target:g}; start from a profile made for this target or lower")
     if state is None:
-        state = EvoState(fingerprint, parent=list(initial_candidate(budget, rng_for(cfg.seed, -1))))
+        first = init if init is not None else initial_candidate(budget, rng_for(cfg.seed, -1))
+        state = EvoState(fingerprint, parent=[int(b) for b in first])
     bar = tqdm(total=cfg.generations, initial=min(state.generation, cfg.generations), desc="search",
                disable=not progress, dynamic_ncols=True)
     if state.fitness is not None:

@@ -98,6 +98,7 @@ def search_bits(
     on_candidate: Callable[[dict[str, int]], None] | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    init: str | dict[str, int] | None = None,
 ) -> SearchResult:
     """Per-layer slice widths with average bits ≤ ``target_bits`` that minimise KL to full precision.
 
@@ -110,7 +111,8 @@ def search_bits(
     token ids [n, seq_len]. ``model``: an already loaded ``matgptq.load`` model of this checkpoint.
     The result is stored in the checkpoint as profile ``name`` (default: the target, e.g. "3.25")
     unless ``save=False``; the evolution resumes from ``state_path`` (default: a hidden file in the
-    checkpoint folder) when re-run with the same settings.
+    checkpoint folder) when re-run with the same settings. ``init``: start the evolution from a
+    stored profile (name) or a {module: bits} map instead of the near-uniform assignment.
     """
     from ..api import _resolve_device, load
     from ..data import CalibrationSpec, calibration_tokens
@@ -140,6 +142,21 @@ def search_bits(
         from .evolution import stage_sequences
 
         stage_sequences(cfg, n_pool, pool_len)
+    init_bits = None
+    if init is not None:
+        from .profiles import profile_bits
+
+        imap = profile_bits(ck.model_config, init, ck.modules, ck.meta.config.master_bits) if isinstance(init, str) \
+            else {k: int(v) for k, v in init.items()}
+        missing = sorted(set(ck.modules) - set(imap))
+        if missing:
+            raise ValueError(f"init map misses layers {missing[:3]}; give a width for every quantized layer")
+        init_bits = budget.from_map(imap)
+        if not budget.fits(init_bits):
+            raise ValueError(f"init has {budget.average_bits(init_bits):.4f} bits per weight, over the target "
+                             f"{budget.target:g}; start from a profile made for this target or lower")
+        if any(b not in budget.levels for b in init_bits):
+            raise ValueError(f"init uses widths outside the levels {list(budget.levels)}")
     name = str(name) if name else (profile_name(target_bits) if method == "evolution" else
                                    f"{profile_name(target_bits)}-{method}")
     device = _resolve_device(device)
@@ -185,14 +202,16 @@ def search_bits(
             pool_hash = hashlib.sha256(pool.numpy().astype(np.int64).tobytes()).hexdigest()
             fp = _fingerprint({"modules": [(x.name, x.shape) for x in budget.layers],
                                "quant": ck.meta.config.to_dict(), "target": budget.target, "pool": pool_hash,
+                               "init": list(init_bits) if init_bits else None,
                                **{k: v for k, v in settings.items() if k != "generations"}})
+            settings["init"] = init if isinstance(init, str) else ("map" if init is not None else "near-uniform")
             state_path = Path(state_path) if state_path else ck.path / f".search-{name}.state.json"
             hook = None
             if on_candidate is not None:
                 hook = lambda c: on_candidate(budget.as_map(c))  # noqa: E731
             state = evolve(budget, fit, cfg, groups=groups, pool_size=int(pool.shape[0]), seq_len=int(pool.shape[1]),
                            fingerprint=fp, state_path=state_path, resume=resume, on_candidate=hook,
-                           stop_after=stop_after, progress=progress)
+                           stop_after=stop_after, progress=progress, init=init_bits)
             bits, fitness = tuple(state.parent), state.fitness
             secs = [h["seconds"] for h in state.history]
             result = SearchResult(name, method, budget.target, budget.as_map(bits), budget.average_bits(bits),
