@@ -93,10 +93,10 @@ def format_info(info: dict) -> str:
     for b, s in sorted(info["size_per_precision"].items(), reverse=True):
         lines.append(f"{b:>4} {s['bits_per_weight']:>8} {s['quantized_MB']:>13} {s['total_MB']:>10}")
     if info.get("profiles"):
-        lines.append(f"{'profile':>8} {'bits':>6} {'bits/w':>8} {'quantized MB':>13} {'model MB':>10}   "
+        lines.append(f"{'profile':>14} {'bits':>6} {'bits/w':>8} {'quantized MB':>13} {'model MB':>10}   "
                      "(per-layer widths from 'matgptq search'; load with profile=NAME)")
         for pname, p in info["profiles"].items():
             widths = ", ".join(f"{n}x{b}b" for b, n in p["layers_per_width"].items())
-            lines.append(f"{pname:>8} {p['average_bits']:>6} {p['bits_per_weight']:>8} {p['quantized_MB']:>13} "
+            lines.append(f"{pname:>14} {p['average_bits']:>6} {p['bits_per_weight']:>8} {p['quantized_MB']:>13} "
                          f"{p['total_MB']:>10}   {p['method']}, target {p['target_bits']}: {widths}")
     return "\n".join(lines)
