@@ -139,7 +139,7 @@ def _worker(jobs, dev="cuda"):
             else:
                 warm_config(*job[1:])
         except Exception as e:  # reported, not fatal
-            out.append(dict(error=repr(e)[:300], job=str(job)[:300]))
+            out.append(dict(error=(repr(e)[:150] + " ... " + repr(e)[-600:]), job=str(job)[:300]))
     return out
 
 
@@ -287,8 +287,8 @@ def main():
                 key = ("deq", bits, layout)
                 cd = dict(kind="cublas")
             else:
-                cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps)
-                key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps)
+                cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages)
+                key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages)
             if key in seen:
                 continue
             seen.add(key)

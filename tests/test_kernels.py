@@ -130,3 +130,19 @@ def test_torch_backend_and_errors():
         quant_matmul(torch.randn(2, 71).half(), pw, 4)
     with pytest.raises(ValueError, match="only the 4-bit slice"):
         quant_matmul(x, pw, 3)
+
+
+@pytest.mark.parametrize("cfg", [
+    KernelConfig("gemv", bn=32, bm=4, split_k=2),
+    KernelConfig("gemv", bn=64, bm=4, split_k=1, num_warps=8),
+    KernelConfig("gemm", bn=32, bm=16, split_k=2),
+    KernelConfig("gemm", bn=64, bm=32, split_k=1),
+    KernelConfig("gemm", bn=32, bm=64, split_k=3),
+], ids=lambda c: c.key())
+@pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
+def test_launch_variants(cfg, rule, layout, bits):
+    """Tile, warp and split variants over 3 k-tiles (the last one partial), groups of 32,
+    asymmetric zeros: what the tuner may pick must be as correct as the defaults."""
+    pw, w = _case(40, 1408, 32, rule, layout, bits, asym=True, seed=bits)
+    x = torch.randn(3, 1408, generator=torch.Generator().manual_seed(bits)).half()
+    _check(_run(cfg, x, pw, bits), x, w)

@@ -73,11 +73,10 @@ if triton is not None:
     @triton.jit
     def _part_bits(w, r: tl.constexpr, o: tl.constexpr, P: tl.constexpr):
         """Unit bits at r (and every 8th bit above, P wide) moved to code offset o of each byte lane."""
-        m: tl.constexpr = ((1 << P) - 1) * 0x01010101
         if r >= o:
-            t = (w >> (r - o)) & (m << o)
+            t = (w >> (r - o)) & ((((1 << P) - 1) * 0x01010101) << o)
         else:
-            t = (w << (o - r)) & (m << o)
+            t = (w << (o - r)) & ((((1 << P) - 1) * 0x01010101) << o)
         return t
 
     @triton.jit
@@ -94,7 +93,7 @@ if triton is not None:
             P = PW & 15
             word = _pick(u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7)
             if BYTES:
-                word = _part_bits(word, (u % (8 // P)) * P, 0, P)
+                word = (word >> ((u % (8 // P)) * P)) & (((1 << P) - 1) * 0x01010101)
         else:
             P0 = PW & 15
             word = _part_bits(_pick(u // (8 // P0), c0, c1, c2, c3, c4, c5, c6, c7),
