@@ -43,9 +43,14 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(OUT / "quality_smollm2.json"))
+    ap.add_argument("--resume", action="store_true", help="keep rows already in --out (same settings)")
+    ap.add_argument("--rules", default="round,nested", help="MatGPTQ slicing rules to run")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model_dir = smollm2_model_dir()
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -80,9 +85,18 @@ def main() -> None:
     def save():
         out.write_text(json.dumps(report, indent=2) + "\n")
 
+    if args.resume and out.is_file():
+        old = json.loads(out.read_text())
+        if {k: old.get(k) for k in ("calibration", "evaluation", "quantization")} != {
+                k: report[k] for k in ("calibration", "evaluation", "quantization")}:
+            raise SystemExit(f"{out} was made with other settings; drop --resume")
+        report["rows"] = old["rows"]
+        report["quantize_seconds"] = old.get("quantize_seconds", {})
+    done = lambda label, bits: str(bits) in report["rows"].get(label, {})  # noqa: E731
     t0 = time.time()
     model = fresh()
-    report["rows"]["full precision"] = {"fp": ppl(model)}
+    if "full precision" not in report["rows"]:
+        report["rows"]["full precision"] = {"fp": ppl(model)}
     print(f"full precision: {report['rows']['full precision']['fp']:.3f}", flush=True)
     save()
     originals = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -97,6 +111,8 @@ def main() -> None:
     def record(label, layers, bits_list):
         row = report["rows"].setdefault(label, {})
         for b in bits_list:
+            if str(b) in row:
+                continue
             set_weights(layers, b)
             row[str(b)] = ppl(model)
             print(f"{label:<28} b={b}: {row[str(b)]:.3f}  ({time.time() - t0:.0f}s)", flush=True)
@@ -104,6 +120,8 @@ def main() -> None:
 
     # RTN needs no calibration: quantize each weight on its own
     for b in BITS:
+        if done("RTN at b", b):
+            continue
         cfg = QuantConfig(method="rtn", bits=b, group_size=g)
         layers = {}
         for k, blk in enumerate(blocks):
@@ -119,11 +137,16 @@ def main() -> None:
         return layers, time.time() - t
 
     for b in BITS:
+        if done("GPTQ trained at b", b):
+            continue
         layers, secs = calibrated(QuantConfig(method="gptq", bits=b, group_size=g))
         record("GPTQ trained at b", layers, [b])
-    layers, secs = calibrated(QuantConfig(method="gptq", bits=8, group_size=g, slicing="round"))
-    record("GPTQ-8 then sliced (round)", layers, BITS)
-    for rule in ("round", "nested"):
+    if not all(done("GPTQ-8 then sliced (round)", b) for b in BITS):
+        layers, secs = calibrated(QuantConfig(method="gptq", bits=8, group_size=g, slicing="round"))
+        record("GPTQ-8 then sliced (round)", layers, BITS)
+    for rule in args.rules.split(","):
+        if all(done(f"MatGPTQ B={{8,4,3}} {rule}", b) for b in BITS):
+            continue
         layers, secs = calibrated(QuantConfig(method="matgptq", bits=(8, 4, 3), group_size=g, slicing=rule))
         report.setdefault("quantize_seconds", {})[f"MatGPTQ {rule}"] = round(secs, 1)
         record(f"MatGPTQ B={{8,4,3}} {rule}", layers, BITS)
