@@ -155,12 +155,12 @@ def main() -> None:
 
     # table + plot
     rows = report["rows"]
-    print(f"\n{'method':<30}" + "".join(f"{b:>9}" for b in BITS))
+    print(f"\n{'method':<30}" + "".join(f"{b:>12}" for b in BITS))
     for label, row in rows.items():
         if label == "full precision":
-            print(f"{label:<30}{row['fp']:>9.3f}")
+            print(f"{label:<30}{row['fp']:>12.2f}")
             continue
-        print(f"{label:<30}" + "".join(f"{row[str(b)]:>9.3f}" if str(b) in row else f"{'':>9}" for b in BITS))
+        print(f"{label:<30}" + "".join(f"{row[str(b)]:>12.2f}" if str(b) in row else f"{'':>12}" for b in BITS))
     runs = [{"model": label, "results": [{"bits": int(b), "bits_per_weight": int(b) + 16 / g, "perplexity": v}
                                         for b, v in row.items()]}
             for label, row in rows.items() if label != "full precision"]
