@@ -1,6 +1,7 @@
 """Slicing rule alone, no error feedback: RTN to 8 bits, then each slice under `round` and
 `nested`, on the small real model (the settings of benchmarks/quality.py). Also prints the
-per-layer relative weight error of both 3-bit slices, to separate weight error from its effect.
+per-layer relative weight error of both 3-bit slices, to separate weight error from its effect,
+and the nested 3-bit model with the two bins next to zero dequantized to 0 (the zero-level check).
 
     python benchmarks/slicing_ablation.py [--eval-windows 40]
 """
@@ -52,6 +53,18 @@ def main() -> None:
             print(f"RTN-8 then sliced ({rule}) b={b}: {row[str(b)]:.2f}", flush=True)
         print(f"  3-bit relative weight error over {len(errs)} layers: mean {report['weight_error_3bit'][rule]['mean']:.4f}",
               flush=True)
+    # the zero-level check: nested 3-bit, but the codes of the two bins next to zero
+    # (|q - 128| < 16, i.e. |w| < 16 s) dequantize to 0 instead of +15.5 s / -16.5 s
+    cfg = QuantConfig(method="rtn", bits=8, group_size=args.group_size, slicing="nested")
+    for n in names:
+        qw = quantize_layer(orig[f"{n}.weight"], None, cfg)
+        w3 = qw.dequantize(3).float()
+        q = qw.codes.long()
+        near = (q >= 112) & (q < 144)
+        model.get_submodule(n).weight.data = torch.where(near, torch.zeros_like(w3), w3)
+    v = perplexity(model, test, 512, 1, args.eval_windows)["perplexity"]
+    report["perplexity"]["RTN-8 then sliced (nested), near-zero bins on 0"] = {"3": v}
+    print(f"RTN-8 then sliced (nested), near-zero bins on 0, b=3: {v:.2f}", flush=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {OUT}")
 
