@@ -8,14 +8,18 @@ from matgptq.modules import QuantLinear
 from matgptq.quant import HessianAccumulator, QuantConfig, quantize_layer
 
 
+def _quantize(rows, cols, tokens, cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    acc = HessianAccumulator(cols)
+    acc.add(torch.randn(tokens, cols, generator=g))
+    return quantize_layer(w, acc, cfg), g
+
+
 @pytest.fixture(scope="module")
 def quantized():
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(40, 96, generator=g) * 0.05
-    acc = HessianAccumulator(96)
-    acc.add(torch.randn(512, 96, generator=g))
-    cfg = QuantConfig(method="matgptq", bits=(8, 4, 3), group_size=32, act_order=True)
-    return quantize_layer(w, acc, cfg), torch.randn(40, generator=g)
+    qw, g = _quantize(40, 96, 512, QuantConfig(method="matgptq", bits=(8, 4, 3), group_size=32, act_order=True), 0)
+    return qw, torch.randn(40, generator=g)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -53,11 +57,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 @pytest.fixture(scope="module")
 def plain():
     """Symmetric, no act_order, group 32: the kernels' fast path."""
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(48, 1024, generator=g) * 0.05
-    acc = HessianAccumulator(1024)
-    acc.add(torch.randn(256, 1024, generator=g))
-    return quantize_layer(w, acc, QuantConfig(method="rtn", bits=(8, 4, 3), group_size=32, slicing="nested"))
+    return _quantize(48, 1024, 256, QuantConfig(method="rtn", bits=(8, 4, 3), group_size=32, slicing="nested"), 1)[0]
 
 
 @pytest.mark.parametrize("layout", ["resident", "fixed"])

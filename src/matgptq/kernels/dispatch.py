@@ -92,23 +92,35 @@ def fmt_key(pw: PackedWeight, bits: int, dtype: torch.dtype) -> str:
     return f"{pw.layout[:3]}{bits}{rnd}|g{pw.group_size or 0}{zs}|{str(dtype)[6:]}"
 
 
-def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
-                cfg: KernelConfig) -> torch.Tensor:
-    from .gemv import gemv_kernel
-
+def _launch(x2: torch.Tensor, pw: PackedWeight, bits: int, cfg: KernelConfig, tiles: int):
+    """What both matmul kernels share: the k-tiles per program and split count, the split-K
+    workspace for ``tiles`` output tiles, the layout constants and the leading arguments."""
     plan = pw.read_plan(bits)
     m, n, kt = x2.shape[0], pw.n, pw.k_tiles
     per = -(-kt // max(1, cfg.split_k))
     split = -(-kt // per)
-    grid_n = -(-n // cfg.bn)
-    ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid_n)
-    bm = configs.next_pow2(m)
+    ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, tiles)
     c = _with_raw(_consts(pw, plan))
     lam, mu = lane_consts(plan.bits, c["PRMT"])
+    args = (m, n, pw.k, kt, pw.scales.shape[0], per, split)
+    return plan, split, ws, cnt, c, lam, mu, args
+
+
+def _buffers(x2, pw, out, bias, ws, cnt):
+    return (x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
+            out, out.stride(0), bias if bias is not None else out, ws, cnt)
+
+
+def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+                cfg: KernelConfig) -> torch.Tensor:
+    from .gemv import gemv_kernel
+
+    grid_n = -(-pw.n // cfg.bn)
+    plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, grid_n)
+    m = x2.shape[0]
+    bm = configs.next_pow2(m)
     gemv_kernel[(grid_n, split)](
-        x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
-        out, out.stride(0), bias if bias is not None else out, ws, cnt,
-        m, n, pw.k, kt, pw.scales.shape[0], per, split,
+        *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
         BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
@@ -120,18 +132,10 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
                 cfg: KernelConfig) -> torch.Tensor:
     from .gemm import gemm_kernel
 
-    plan = pw.read_plan(bits)
-    m, n, kt = x2.shape[0], pw.n, pw.k_tiles
-    per = -(-kt // max(1, cfg.split_k))
-    split = -(-kt // per)
-    grid = (-(-n // cfg.bn), -(-m // cfg.bm), split)
-    ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, grid[0] * grid[1])
-    c = _with_raw(_consts(pw, plan))
-    lam, mu = lane_consts(plan.bits, c["PRMT"])
-    gemm_kernel[grid](
-        x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
-        out, out.stride(0), bias if bias is not None else out, ws, cnt,
-        m, n, pw.k, kt, pw.scales.shape[0], per, split,
+    tiles = (-(-pw.n // cfg.bn), -(-x2.shape[0] // cfg.bm))
+    plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, tiles[0] * tiles[1])
+    gemm_kernel[(*tiles, split)](
+        *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam, lam * mu, plan.two_d, plan.zoff, plan.zconst,
         BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0,
         F32DOT=interpreting() and x2.dtype == torch.bfloat16,

@@ -83,7 +83,8 @@ def knapsack(budget: Budget, table: np.ndarray) -> tuple[int, ...]:
             arg[better] = k
         best, choice[i] = new, arg
     if not np.isfinite(best[cap]):
-        raise ValueError("no assignment fits the budget")
+        raise ValueError(f"no assignment of the levels fits the budget of {cap} cost units even with every layer at "
+                         "its lowest level; raise the target bits or add a lower level")
     out, c = [], cap
     for i in reversed(range(len(numels))):
         k = int(choice[i, c])
@@ -110,7 +111,8 @@ def greedy(budget: Budget, table: np.ndarray) -> tuple[int, ...]:
             if (ratio, i) < best:
                 best, pick = (ratio, i), i
         if pick is None:
-            raise ValueError("no assignment fits the budget")
+            raise ValueError("no assignment fits the budget even with every layer at its lowest level; "
+                             "raise the target bits or add a lower level")
         cost -= budget.layers[pick].numel * (levels[k[pick]] - levels[k[pick] - 1])
         k[pick] -= 1
     return tuple(levels[j] for j in k)

@@ -47,7 +47,7 @@ def topk_targets(logits: torch.Tensor, k: int) -> SparseTargets:
     logp = torch.log_softmax(_float(logits), dim=-1)
     k = min(int(k), logp.shape[-1])
     if k < 1:
-        raise ValueError(f"top-k={k}: keep at least one token per position")
+        raise ValueError(f"top-k={k}: keep at least one token per position; give topk >= 1 (e.g. 256)")
     top, index = logp.topk(k, dim=-1)
     return SparseTargets(top, index, _log_rest(logp, index))
 
