@@ -1,6 +1,7 @@
-"""Dequantize into tensor-core tiles for larger batches: codes k (exact in fp16/bf16) are fed to
-``tl.dot`` unit by unit and the scale and zero are applied once per group:
-sum w*x = s*(2^d * (x . k) - z_b * sum x), fp32 accumulation, split-K with an in-kernel fixup.
+"""Tensor-core matmul for every batch the CUDA-core kernel does not serve better: per scale group,
+the codes become values exact in the activation dtype (v = MU + k/LAM, or k itself), one
+``tl.dot`` multiplies them with the activations, and the scale and zero are applied to the fp32
+result: sum w*x = s*(C1 * (x . v) - (C0 + z_b) * sum x). Split-K with an in-kernel fixup.
 Also the plain dequantization kernel used before cuBLAS for very large batches.
 """
 
@@ -13,21 +14,66 @@ if triton is not None:
 
     from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
 
+    @triton.jit
+    def _unit_values(u: tl.constexpr, i: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
+                     PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
+                     PRMT: tl.constexpr, RAW: tl.constexpr, CODES: tl.constexpr, xdt: tl.constexpr):
+        """Unit u, lane i as [BN, V] values in the activation dtype: v (an affine image of the code,
+        exact in xdt) or, with CODES, the code k itself."""
+        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
+        v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
+        if CODES:
+            v = v * LAM - LMU
+        return v.to(xdt)
+
+    @triton.jit
+    def _group_tile(i: tl.constexpr, u0: tl.constexpr, UG: tl.constexpr, BN: tl.constexpr, V: tl.constexpr,
+                    c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
+                    PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
+                    PRMT: tl.constexpr, RAW: tl.constexpr, CODES: tl.constexpr, xdt: tl.constexpr):
+        """Units u0..u0+UG-1 of lane i as one [BN, UG*V] tile in k order (column 16*(u - u0) + t):
+        tl.join stacks the units on new minor axes, a permute puts them before t."""
+        a = _unit_values(u0, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+        if UG >= 2:
+            b = _unit_values(u0 + 1, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            a = tl.join(a, b)  # [BN, V, u0]
+        if UG >= 4:
+            c = _unit_values(u0 + 2, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            d = _unit_values(u0 + 3, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            a = tl.join(a, tl.join(c, d))  # [BN, V, bit0, bit1]
+        if UG >= 8:
+            e = _unit_values(u0 + 4, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            f = _unit_values(u0 + 5, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            g = _unit_values(u0 + 6, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            h = _unit_values(u0 + 7, i, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+            a = tl.join(a, tl.join(tl.join(e, f), tl.join(g, h)))  # [BN, V, bit0, bit1, bit2]
+        if UG == 2:
+            a = tl.permute(a, (0, 2, 1))
+        elif UG == 4:
+            a = tl.permute(a, (0, 3, 2, 1))
+        elif UG == 8:
+            a = tl.permute(a, (0, 4, 3, 2, 1))
+        return tl.reshape(a, [BN, UG * V])
+
     @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def gemm_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
         M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
-        LAM, LMU, TWO_D, ZOFF, ZCONST,
+        LAM, LMU, C1, C0, ZOFF, ZCONST,
         BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
-        F32DOT: tl.constexpr,
+        CODES: tl.constexpr, F32DOT: tl.constexpr,
     ):
+        """One tensor-core dot per scale group: the group's UG units are decoded to values exact in
+        the activation dtype, joined into a [BN, UG*16] tile and multiplied with the activations
+        gathered in the tile's column order; the scale and zero are applied to the fp32 result."""
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
         KT: tl.constexpr = 32 * V
+        GK: tl.constexpr = UG * V
         rows = pid_n * BN + tl.arange(0, BN)
         offs_m = pid_m * BM + tl.arange(0, BM)
         t = tl.arange(0, V)
@@ -36,6 +82,9 @@ if triton is not None:
         qmask = rows[:, None] < N
         chunk_stride = N * V
         xdt = X.dtype.element_ty
+        kcol = tl.arange(0, GK)
+        xrow = X + offs_m[:, None] * stride_xm
+        mrow = offs_m[:, None] < M
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
@@ -43,35 +92,29 @@ if triton is not None:
             base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
             c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + qoffs, chunk_stride, qmask, NCH)
             for i in tl.static_range(4):
-                ag = tl.zeros([BM, BN], dtype=tl.float32)
-                xs = tl.zeros([BM], dtype=tl.float32)
-                for u in tl.static_range(8):
-                    word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
-                    kf = lane_value(word, i, u, RAW, PW & 15, B, PRMT) * LAM - LMU  # exact code k
-                    kk = kt * KT + (8 * i + u) * V + t
+                for u0 in tl.static_range(0, 8, UG):
+                    w = _group_tile(i, u0, UG, BN, V, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
+                                    PW, PO, NP, RND, B, PRMT, RAW, CODES, xdt)
+                    kk = kt * KT + (8 * i + u0) * V + kcol
                     if EVEN:
-                        xv = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :], mask=offs_m[:, None] < M, other=0.0)
+                        xv = tl.load(xrow + kk[None, :], mask=mrow, other=0.0)
                     else:
-                        xv = tl.load(X + offs_m[:, None] * stride_xm + kk[None, :],
-                                     mask=(offs_m[:, None] < M) & (kk[None, :] < K), other=0.0)
+                        xv = tl.load(xrow + kk[None, :], mask=mrow & (kk[None, :] < K), other=0.0)
                     if F32DOT:  # the interpreter's bf16 dot is wrong; bf16 values are exact in fp32
-                        ag = tl.dot(xv.to(tl.float32), tl.trans(kf), ag, input_precision="ieee")
+                        d = tl.dot(xv.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
                     else:
-                        ag = tl.dot(xv, tl.trans(kf.to(xdt)), ag)
-                    xs += tl.sum(xv.to(tl.float32), axis=1)
-                    if (u + 1) % UG == 0:
-                        if G == 0:
-                            g = 0
-                        else:
-                            g = tl.minimum((kt * KT + (8 * i + u + 1 - UG) * V) // G, NG - 1)
-                        s = tl.load(S + g * N + rows, mask=nmask, other=0.0).to(tl.float32)
-                        if SYM:
-                            acc += s[None, :] * (ag * TWO_D - (ZCONST - ZOFF) * xs[:, None])
-                        else:
-                            zb = tl.load(Z + g * N + rows, mask=nmask, other=0).to(tl.float32) - ZOFF
-                            acc += s[None, :] * (ag * TWO_D - zb[None, :] * xs[:, None])
-                        ag = tl.zeros([BM, BN], dtype=tl.float32)
-                        xs = tl.zeros([BM], dtype=tl.float32)
+                        d = tl.dot(xv, tl.trans(w))
+                    xs = tl.sum(xv.to(tl.float32), axis=1)
+                    if G == 0:
+                        g = 0
+                    else:
+                        g = tl.minimum((kt * KT + (8 * i + u0) * V) // G, NG - 1)
+                    s = tl.load(S + g * N + rows, mask=nmask, other=0.0).to(tl.float32)
+                    if SYM:
+                        acc += s[None, :] * (d * C1 - (C0 + ZCONST - ZOFF) * xs[:, None])
+                    else:
+                        zb = tl.load(Z + g * N + rows, mask=nmask, other=0).to(tl.float32) - ZOFF
+                        acc += s[None, :] * (d * C1 - (C0 + zb[None, :]) * xs[:, None])
         tile_id = pid_n * tl.num_programs(1) + pid_m
         finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, HAS_BIAS)
 
