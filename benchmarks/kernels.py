@@ -238,7 +238,12 @@ def main():
     ap.add_argument("--tag", default="h100")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-checks", type=int, default=10 ** 6)
+    ap.add_argument("--summarize", nargs="+", metavar="JSON",
+                    help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
+                         "and tuned_TAG.json, and print the table and the acceptance checks")
     args = ap.parse_args()
+    if args.summarize:
+        return merge_runs(args.summarize, args.out, args.tag)
     global DEV
     DEV = args.device
     t_start = time.time()
@@ -421,6 +426,28 @@ def main():
         json.dump(tuned, f, indent=0)
     summarize(rows, checks, bw, skipped)
     print(f"total {time.time() - t_start:.0f} s; JSON: {out_json}")
+
+
+def merge_runs(paths, out, tag):
+    runs = [json.load(open(p)) for p in paths]
+    merged = dict(runs[0])
+    merged["rows"] = [r for run in runs for r in run["rows"]]
+    merged["checks"] = [c for run in runs for c in run["checks"]]
+    merged["tuned"] = {k: v for run in runs for k, v in run["tuned"].items()}
+    merged["copy_bw_GBps"] = min(run["copy_bw_GBps"] for run in runs)  # the stricter reference
+    merged["ablation"] = [a for run in runs for a in run.get("ablation", [])]
+    merged["merged_from"] = [dict(file=os.path.basename(p), copy_bw_GBps=run["copy_bw_GBps"],
+                                  seconds=run.get("seconds")) for p, run in zip(paths, runs)]
+    bw = merged["copy_bw_GBps"] * 1e9
+    for r in merged["rows"]:  # percentages against the common reference
+        r["pct_copy"] = round(100 * r["GBps"] * 1e9 / bw, 1)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"kernels_{tag}.json"), "w") as f:
+        json.dump(merged, f, indent=1)
+    with open(os.path.join(out, f"tuned_{tag}.json"), "w") as f:
+        json.dump(merged["tuned"], f, indent=0)
+    print(f"copy bandwidth (lowest of the runs): {merged['copy_bw_GBps']:.0f} GB/s")
+    summarize(merged["rows"], merged["checks"], bw, 0)
 
 
 def summarize(rows, checks, bw, skipped):

@@ -134,13 +134,17 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
 
     tiles = (-(-pw.n // cfg.bn), -(-x2.shape[0] // cfg.bm))
     plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, tiles[0] * tiles[1])
-    # v = 1 + k/256 (8-bit codes without byte permutes) is not exact in bf16: feed the codes
+    # fp16 on a GPU: byte permutes make 1024 + k directly (HALF2); v = 1 + k/256 (8-bit codes
+    # without byte permutes) is not exact in bf16: feed the codes k there
+    half2 = x2.dtype == torch.float16 and use_prmt(1)
     codes = x2.dtype == torch.bfloat16 and not c["PRMT"] and plan.bits > 7
+    if half2:
+        lam, mu = 1.0, 1024.0
     c1, c0 = (plan.two_d, 0.0) if codes else (lam * plan.two_d, lam * mu * plan.two_d)
     gemm_kernel[(*tiles, split)](
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam, lam * mu, c1, c0, plan.zoff, plan.zconst,
-        BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, CODES=codes,
+        BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, CODES=codes, HALF2=half2,
         F32DOT=interpreting() and x2.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
