@@ -48,6 +48,7 @@ def _consts(pw: PackedWeight, plan: ReadPlan) -> dict:
         NCH=offs[-1] + int(plan.round_part), CH=pw.code_bits, SYM=pw.zeros is None,
         PRMT=use_prmt(plan.bits),
         UG=8 if not pw.group_size else min(8, pw.group_size // V),  # units per scale group
+        ROTM=pw.master_bits if pw.layout == "resident" else 0,  # rotated 1-bit parts
     ) | dict(RAW=False)
 
 
@@ -119,10 +120,13 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, grid_n)
     m = x2.shape[0]
     bm = configs.next_pow2(m)
+    half2 = plan.bits == 8 and use_prmt(7)  # 8-bit codes do not fit the fp32 byte-permute trick
+    if half2:
+        lam, mu = 1.0, 1024.0
     gemv_kernel[(grid_n, split)](
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
-        BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0),
+        BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0), HALF2=half2,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
     return out

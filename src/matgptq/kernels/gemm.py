@@ -12,19 +12,7 @@ from .triton_decode import triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
-
-    @triton.jit
-    def _half2(word, p: tl.constexpr):
-        """fp16 pairs (1024 + k of byte lane 2p, 1024 + k of byte lane 2p+1): [..., 2]."""
-        w2 = tl.join(word, word)
-        if p == 0:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 16704;", "=r,r,r", [w2],
-                                          dtype=tl.float16, is_pure=True, pack=2)
-        else:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 17218;", "=r,r,r", [w2],
-                                          dtype=tl.float16, is_pure=True, pack=2)
-        return r
+    from .triton_decode import finish_tile, half2_pair, lane_value, load_chunks, unit_word
 
     @triton.jit
     def _lane_values(word, u: tl.constexpr, i: tl.constexpr, LAM, LMU, PW: tl.constexpr, B: tl.constexpr,
@@ -38,15 +26,15 @@ if triton is not None:
     def _unit_pair(u: tl.constexpr, p: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
                    PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
                    PRMT: tl.constexpr, RAW: tl.constexpr, CODES: tl.constexpr, HALF2: tl.constexpr,
-                   xdt: tl.constexpr):
+                   ROTM: tl.constexpr, xdt: tl.constexpr):
         """Unit u of lanes 2p and 2p+1 as two [BN, V] tiles of values in the activation dtype: v (an
         affine image of the code, exact in xdt) or, with CODES, the code k itself. HALF2 (fp16 on
         a GPU): one byte permute makes both lanes' 1024 + k at once."""
         if HALF2:
-            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True)
-            lo, hi = tl.split(_half2(word, p))
+            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM)
+            lo, hi = tl.split(half2_pair(word, p))
         else:
-            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
+            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
             lo = _lane_values(word, u, 2 * p, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
             hi = _lane_values(word, u, 2 * p + 1, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
         return lo, hi
@@ -67,24 +55,24 @@ if triton is not None:
                      c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
                      PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
                      PRMT: tl.constexpr, RAW: tl.constexpr, CODES: tl.constexpr, HALF2: tl.constexpr,
-                     xdt: tl.constexpr):
+                     ROTM: tl.constexpr, xdt: tl.constexpr):
         """Units u0..u0+UG-1 of lanes 2p and 2p+1 as two [BN, UG*V] tiles in k order (column
         16*(u - u0) + t): tl.join stacks the units on new minor axes, a permute puts them before t."""
-        a, A = _unit_pair(u0, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
+        a, A = _unit_pair(u0, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
         if UG >= 2:
-            b, Bb = _unit_pair(u0 + 1, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
+            b, Bb = _unit_pair(u0 + 1, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
             a = tl.join(a, b)  # [BN, V, bit0]
             A = tl.join(A, Bb)
         if UG >= 4:
-            c, C = _unit_pair(u0 + 2, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
-            d, D = _unit_pair(u0 + 3, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
+            c, C = _unit_pair(u0 + 2, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
+            d, D = _unit_pair(u0 + 3, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
             a = tl.join(a, tl.join(c, d))  # [BN, V, bit0, bit1]
             A = tl.join(A, tl.join(C, D))
         if UG >= 8:
-            e, E = _unit_pair(u0 + 4, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
-            f, F = _unit_pair(u0 + 5, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
-            g, H = _unit_pair(u0 + 6, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
-            h, I = _unit_pair(u0 + 7, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)  # noqa: E741
+            e, E = _unit_pair(u0 + 4, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
+            f, F = _unit_pair(u0 + 5, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
+            g, H = _unit_pair(u0 + 6, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
+            h, I = _unit_pair(u0 + 7, p, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU, PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)  # noqa: E741
             a = tl.join(a, tl.join(tl.join(e, f), tl.join(g, h)))  # [BN, V, bit0, bit1, bit2]
             A = tl.join(A, tl.join(tl.join(E, F), tl.join(H, I)))
         return _in_k_order(a, BN, V, UG), _in_k_order(A, BN, V, UG)
@@ -125,7 +113,7 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
-        CODES: tl.constexpr, HALF2: tl.constexpr, F32DOT: tl.constexpr,
+        CODES: tl.constexpr, HALF2: tl.constexpr, F32DOT: tl.constexpr, ROTM: tl.constexpr,
     ):
         """One tensor-core dot per scale group: the group's UG units are decoded to values exact in
         the activation dtype, joined into a [BN, UG*16] tile and multiplied with the activations
@@ -155,7 +143,7 @@ if triton is not None:
             for p in tl.static_range(2):
                 for u0 in tl.static_range(0, 8, UG):
                     wl, wh = _group_tiles(p, u0, UG, BN, V, c0, c1, c2, c3, c4, c5, c6, c7, LAM, LMU,
-                                          PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, xdt)
+                                          PW, PO, NP, RND, B, PRMT, RAW, CODES, HALF2, ROTM, xdt)
                     acc = _group_dot(acc, wl, kt, 2 * p, u0, xrow, mrow, kcol, rows, nmask, S, Z, N, K, NG,
                                      C1, C0, ZOFF, ZCONST, KT, V, G, SYM, EVEN, F32DOT)
                     acc = _group_dot(acc, wh, kt, 2 * p + 1, u0, xrow, mrow, kcol, rows, nmask, S, Z, N, K, NG,
@@ -170,6 +158,7 @@ if triton is not None:
         BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
+        ROTM: tl.constexpr,
     ):
         """W[n, k] = s*(k*2^d - z_b) in storage column order, one k-tile per program."""
         pid_n = tl.program_id(0)
@@ -183,7 +172,7 @@ if triton is not None:
         c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + rows[:, None] * V + t[None, :], chunk_stride, qmask, NCH)
         for i in tl.static_range(4):
             for u in tl.static_range(8):
-                word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
+                word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
                 kf = lane_value(word, i, u, RAW, PW & 15, B, PRMT) * LAM - LMU
                 kk = kt * KT + (8 * i + u) * V + t
                 if G == 0:

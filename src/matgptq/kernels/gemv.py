@@ -13,7 +13,7 @@ from .triton_decode import triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_decode import finish_tile, lane_value, load_chunks, unit_word
+    from .triton_decode import finish_tile, half2_pair, lane_value, load_chunks, unit_word
 
     @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def gemv_kernel(
@@ -23,7 +23,8 @@ if triton is not None:
         BM: tl.constexpr, BN: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
-        EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
+        EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
+        HALF2: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -43,8 +44,16 @@ if triton is not None:
             c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + qoffs, chunk_stride, qmask, NCH)
             for i in tl.static_range(4):
                 for u in tl.static_range(8):
-                    word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT)
-                    v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
+                    if HALF2:  # 8-bit codes: one byte permute gives fp16 1024 + k of two lanes
+                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM)
+                        lo, hi = tl.split(half2_pair(word, i // 2))
+                        if i % 2 == 0:
+                            v = lo.to(tl.float32)
+                        else:
+                            v = hi.to(tl.float32)
+                    else:
+                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
+                        v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
                     kk = kt * KT + (8 * i + u) * V + t3
                     if EVEN:
                         xv = tl.load(X + m3 * stride_xm + kk).to(tl.float32)

@@ -8,6 +8,9 @@ parts reads exactly that many bits per weight.
   5=[4,1], 6=[4,2], 7=[4,2,1], 8=[8]: b bits per weight.
 - ``resident``: the master codes, parts [2,1,1,...,1] (M-1 parts). A b-bit read takes the first
   b-1 parts (exactly b bits); the ``round`` rule also reads the next 1-bit part (b+1 bits).
+  1-bit part j (j >= 1) is stored rotated left by M-2-j bits, so that one unit's bits of every
+  part sit (M-b)+u bits above their place in a b-bit code: a kernel masks each part once, ors
+  them and rotates the sum once, whatever b (see :func:`resident_rotations`).
 
 Storage: ``qweight`` int32 [KT, CH, N, V] with V = 16 words per row and chunk, KT = K/512
 k-tiles (K padded with zero codes) and CH = code_bits chunks per k-tile (a part of width p owns
@@ -43,6 +46,14 @@ def resident_parts(master_bits: int) -> tuple[int, ...]:
     return (2,) + (1,) * (master_bits - 2)
 
 
+def resident_rotations(master_bits: int) -> tuple[int, ...]:
+    """Left rotation (bits, of each 32-bit word) of every resident part: 0 for the 2-bit part,
+    M-2-j for 1-bit part j. Bit u of byte lane i of part j then sits at 8i + u + M-2-j, and a
+    b-bit code wants it at 8i + b-2-j: the same right rotation, u + M - b, for every part."""
+    parts = resident_parts(master_bits)
+    return tuple(0 if j == 0 else master_bits - 2 - j for j in range(len(parts)))
+
+
 @dataclass
 class PackedWeight:
     """Packed codes of one [N, K] weight plus everything a kernel needs to read them.
@@ -66,6 +77,10 @@ class PackedWeight:
     @property
     def code_bits(self) -> int:
         return sum(self.parts)
+
+    @property
+    def rotations(self) -> tuple[int, ...] | None:
+        return resident_rotations(self.master_bits) if self.layout == "resident" else None
 
     @property
     def k_tiles(self) -> int:
@@ -146,13 +161,22 @@ def _to_i32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= (1 << 31), x - (1 << 32), x).to(torch.int32)
 
 
-def pack_parts(codes: torch.Tensor, parts: tuple[int, ...], row_block: int = 1024) -> torch.Tensor:
-    """[N, K] integer codes of sum(parts) bits -> int32 [KT, sum(parts), N, V] (see module doc)."""
+def _rotl(words: torch.Tensor, r: int) -> torch.Tensor:
+    """Rotate int64-held 32-bit words left by r."""
+    r %= 32
+    return words if r == 0 else ((words << r) | (words >> (32 - r))) & 0xFFFFFFFF
+
+
+def pack_parts(codes: torch.Tensor, parts: tuple[int, ...], row_block: int = 1024,
+               rotations: tuple[int, ...] | None = None) -> torch.Tensor:
+    """[N, K] integer codes of sum(parts) bits -> int32 [KT, sum(parts), N, V] (see module doc);
+    ``rotations``: rotate part j's words left by rotations[j] bits."""
     n, k = codes.shape
     total = sum(parts)
     kt = max(1, -(-k // KTILE))
     out = torch.empty(kt, total, n, V, dtype=torch.int32, device=codes.device)
     lanes = torch.arange(4, device=codes.device)
+    rotations = rotations or (0,) * len(parts)
     for r0 in range(0, n, row_block):
         c = codes[r0:r0 + row_block].to(torch.int64)
         rows = c.shape[0]
@@ -161,32 +185,34 @@ def pack_parts(codes: torch.Tensor, parts: tuple[int, ...], row_block: int = 102
         c = c.view(rows, kt, 4, 8, V)  # [row, kt, lane, unit, t]
         lo = total
         ch = 0
-        for p in parts:
+        for p, rot in zip(parts, rotations):
             lo -= p
             f = (c >> lo) & ((1 << p) - 1)
             per = 8 // p
             f = f.view(rows, kt, 4, p, per, V)  # unit = chunk * per + r
             shift = (8 * lanes.view(4, 1, 1, 1) + p * torch.arange(per, device=codes.device).view(1, 1, per, 1))
-            words = (f << shift).sum(dim=(2, 4))  # disjoint bit fields: sum == or; [row, kt, p, V]
+            words = _rotl((f << shift).sum(dim=(2, 4)), rot)  # disjoint bit fields: sum == or; [row, kt, p, V]
             out[:, ch:ch + p, r0:r0 + rows] = _to_i32(words).permute(1, 2, 0, 3)
             ch += p
     return out
 
 
-def unpack_parts(qweight: torch.Tensor, parts: tuple[int, ...], n: int, k: int, nparts: int | None = None) -> torch.Tensor:
+def unpack_parts(qweight: torch.Tensor, parts: tuple[int, ...], n: int, k: int, nparts: int | None = None,
+                 rotations: tuple[int, ...] | None = None) -> torch.Tensor:
     """Inverse of :func:`pack_parts` for the first ``nparts`` parts: int32 [N, K] codes of
     sum(parts[:nparts]) bits (the MSBs of the stored codes)."""
     nparts = len(parts) if nparts is None else nparts
+    rotations = rotations or (0,) * len(parts)
     kt = qweight.shape[0]
     width = sum(parts[:nparts])
     q = qweight.to(torch.int64) & 0xFFFFFFFF  # [kt, CH, N, V]
     codes = torch.zeros(n, kt, 4, 8, V, dtype=torch.int64, device=qweight.device)
     lo = width
     ch = 0
-    for p in parts[:nparts]:
+    for p, rot in zip(parts[:nparts], rotations):
         lo -= p
         per = 8 // p
-        words = q[:, ch:ch + p].permute(2, 0, 1, 3)  # [N, kt, p, V]
+        words = _rotl(q[:, ch:ch + p].permute(2, 0, 1, 3), -rot)  # [N, kt, p, V]
         for i in range(4):
             for r in range(per):
                 f = (words >> (8 * i + p * r)) & ((1 << p) - 1)  # [N, kt, p(chunk), V]
@@ -219,7 +245,7 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, mast
         bits = None
         parts = resident_parts(master_bits)
         q = codes
-    qweight = pack_parts(q, parts)
+    qweight = pack_parts(q, parts, rotations=resident_rotations(master_bits) if layout == "resident" else None)
     z = zeros.to(torch.int32)
     sym = bool((z == (1 << (master_bits - 1))).all())
     zeros_t = None if sym else zeros.to(torch.uint8).t().contiguous()
@@ -233,7 +259,7 @@ def unpack_codes(pw: PackedWeight, bits: int) -> torch.Tensor:
     if pw.layout == "fixed":
         return unpack_parts(pw.qweight, pw.parts, pw.n, pw.k)
     nparts = len(plan.widths) + int(plan.round_part)
-    top = unpack_parts(pw.qweight, pw.parts, pw.n, pw.k, nparts)
+    top = unpack_parts(pw.qweight, pw.parts, pw.n, pw.k, nparts, pw.rotations)
     width = sum(pw.parts[:nparts])
     if width > bits:  # the round bit (b+1 bits read), or b = 1 inside the 2-bit part
         return slice_codes(top, width, bits, pw.slicing)

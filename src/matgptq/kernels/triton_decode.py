@@ -79,16 +79,33 @@ if triton is not None:
             t = (w << (o - r)) & ((((1 << P) - 1) * 0x01010101) << o)
         return t
 
+    @triton.constexpr_function
+    def _rotl_const(x, r):
+        """A 32-bit mask rotated left by r (compile time)."""
+        x = int(x) & 0xFFFFFFFF
+        r = int(r) % 32
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF if r else x
+
+    @triton.jit
+    def _rotr(w, r: tl.constexpr):
+        if r % 32 == 0:
+            t = w
+        else:
+            t = (w >> (r % 32)) | (w << (32 - r % 32))
+        return t
+
     @triton.jit
     def unit_word(u: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7,
                   PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
-                  BYTES: tl.constexpr):
+                  BYTES: tl.constexpr, ROTM: tl.constexpr = 0):
         """The word holding unit u's codes. With one part, no rounding bit and not BYTES it is
         the raw chunk (fields at 8*i + P*(u % (8/P))); otherwise byte lane i holds the b-bit
         code k at bit 8*i and nothing else.
 
         PW / PO: width / first chunk of part j in bits 4j..4j+3; RND: the chunk after the parts
-        holds the round-half-up bit."""
+        holds the round-half-up bit. ROTM > 0: the resident layout of M = ROTM master bits, whose
+        1-bit parts are stored rotated (:func:`..pack.resident_rotations`): each is masked once,
+        and one rotation places them all."""
         if NP == 1 and RND == 0:
             P = PW & 15
             word = _pick(u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7)
@@ -98,14 +115,25 @@ if triton is not None:
             P0 = PW & 15
             word = _part_bits(_pick(u // (8 // P0), c0, c1, c2, c3, c4, c5, c6, c7),
                               (u % (8 // P0)) * P0, B - P0, P0)
-            for j in tl.static_range(1, NP):
-                P = (PW >> (4 * j)) & 15
-                OFF = (PO >> (4 * j)) & 15
-                word = word | _part_bits(_pick(OFF + u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7),
-                                         (u % (8 // P)) * P, B - OFF - P, P)
+            if ROTM > 0:
+                if NP > 1:  # mask each part (an and-or each), one rotation places them all
+                    planes = _pick((PO >> 4) & 15, c0, c1, c2, c3, c4, c5, c6, c7) & _rotl_const(0x01010101 << u, ROTM - 3)
+                    for j in tl.static_range(2, NP):
+                        planes = planes | (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7)
+                                           & _rotl_const(0x01010101 << u, ROTM - 2 - j))
+                    word = word | _rotr(planes, u + ROTM - B)
+            else:
+                for j in tl.static_range(1, NP):
+                    P = (PW >> (4 * j)) & 15
+                    OFF = (PO >> (4 * j)) & 15
+                    word = word | _part_bits(_pick(OFF + u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7),
+                                             (u % (8 // P)) * P, B - OFF - P, P)
             if RND:
                 OFFR = (PO >> (4 * NP)) & 15
-                rb = (_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
+                if ROTM > 0:
+                    rb = _rotr(_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7), u + ROTM - 2 - NP) & 0x01010101
+                else:
+                    rb = (_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
                 word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
                 word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
         return word
@@ -125,6 +153,18 @@ if triton is not None:
         else:
             r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 14080;", "=r,r", [word],
                                           dtype=tl.uint32, is_pure=True, pack=1)
+        return r
+
+    @triton.jit
+    def half2_pair(word, p: tl.constexpr):
+        """fp16 pairs (1024 + k of byte lane 2p, 1024 + k of byte lane 2p+1): [..., 2]."""
+        w2 = tl.join(word, word)
+        if p == 0:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 16704;", "=r,r,r", [w2],
+                                          dtype=tl.float16, is_pure=True, pack=2)
+        else:
+            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 17218;", "=r,r,r", [w2],
+                                          dtype=tl.float16, is_pure=True, pack=2)
         return r
 
     @triton.jit
