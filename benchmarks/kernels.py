@@ -9,7 +9,8 @@ Shape convention: N×K = out_features × in_features, so "4096×14336" is out = 
 1. Measures the device copy bandwidth (device-to-device copy, bytes read + written).
 2. Checks every kernel path against a float64 reference on NaN-poisoned outputs (all widths,
    both rules and layouts, batch sizes 1..33 with odd shapes, fp16/bf16, groups, zeros, bias).
-3. Times, with CUDA graphs (median of replays), each (shape, bits, layout, batch) against
+3. Times, with CUDA graphs (median of replays; the chosen config and the baselines are timed in
+   three separate graphs and the median kept), each (shape, bits, layout, batch) against
    torch.nn.functional.linear with fp16 weights and against dequantize + cuBLAS. Every replay
    cycles through enough weight copies that the weights do not sit in L2.
 4. Prints the table and the acceptance checks, writes JSON (and the tuned table) under --out.
@@ -357,6 +358,10 @@ def main():
                             best, best_t = c, t
                     if best is None:
                         continue
+                    # the winner again, twice: a point's time is the median of three separate graphs
+                    best_t = statistics.median([best_t] + [graph_time(
+                        [lambda p=p, o=o: run_config(best, x, p, bits, o, None) for p, o in zip(copies, outs)])
+                        for _ in range(2)])
                     tuned[configs.table_key(name, n, k, m, fmt_key(pw0, bits, x.dtype))] = {
                         kk: v for kk, v in best.__dict__.items()}
                     # baselines (once per shape and batch / shape, bits and batch)
@@ -364,7 +369,8 @@ def main():
                         if w16 is None:
                             w16 = [torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02
                                    for _ in range(copies_for(2 * n * k))]
-                        fp16_cache[(n, k, m)] = graph_time([lambda w=w: F.linear(x, w) for w in w16])
+                        fp16_cache[(n, k, m)] = statistics.median(
+                            graph_time([lambda w=w: F.linear(x, w) for w in w16]) for _ in range(3))
                     t16 = fp16_cache[(n, k, m)]
                     tdq = None
                     if m >= 32 and layout == layouts[0]:
