@@ -67,14 +67,15 @@ def test_every_width_both_kernels(layout, rule):
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 5, 7, 8, 9, 16, 33])
 def test_every_batch_size_through_dispatch(batch):
-    """The automatic choice (CUDA-core kernel up to 8 rows, tensor cores above) at batch sizes
-    that are not powers of two; groups of 32, asymmetric zeros, 3 k-tiles split three ways."""
+    """Both kernels (the CUDA-core one up to 8 rows) and the automatic choice (CUDA cores up to
+    2 rows, tensor cores above) at batch sizes that are not powers of two; groups of 32,
+    asymmetric zeros, 3 k-tiles split three ways."""
     pw, w = _case(48, 1536, 32, "round", "resident", 3, asym=True, seed=batch)
     x = torch.randn(batch, 1536, generator=torch.Generator().manual_seed(batch)).half()
-    kind = "gemv" if batch <= 8 else "gemm"
-    cfg = KernelConfig(kind, bn=32, bm=16 if batch <= 16 else 64, split_k=3)
-    _check(_run(cfg, x, pw, 3), x, w)
-    assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4).kind == kind
+    for kind in (["gemv"] if batch <= 8 else []) + ["gemm"]:
+        cfg = KernelConfig(kind, bn=32, bm=16 if batch <= 16 else 64, split_k=3)
+        _check(_run(cfg, x, pw, 3), x, w)
+    assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4).kind == ("gemv" if batch <= 2 else "gemm")
     out = quant_matmul(x.view(batch, 1, 1536), pw, 3, backend="triton")
     assert out.shape == (batch, 1, 48)
     _check(out.view(batch, 48), x, w)
