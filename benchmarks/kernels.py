@@ -99,17 +99,17 @@ def check_case(case):
 
 def check_cases():
     cases = []
-    gemv = lambda bn=64, sk=2, w=4: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w)  # noqa: E731
+    gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
-                cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1, [gemv()], False))
+                cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1, [gemv(), gemv(st=3)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
-        cfgs = ([gemv(), gemv(128, 1, 4)] if batch <= 8 else []) + (
+        cfgs = ([gemv(), gemv(128, 1, 4), gemv(64, 3, 4, 3)] if batch <= 8 else []) + (
             [gemm(16 if batch <= 16 else 32 if batch <= 32 else 64)] if batch > 1 else [])
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))

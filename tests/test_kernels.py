@@ -136,6 +136,8 @@ def test_torch_backend_and_errors():
 @pytest.mark.parametrize("cfg", [
     KernelConfig("gemv", bn=32, bm=4, split_k=2),
     KernelConfig("gemv", bn=64, bm=4, split_k=1, num_warps=8),
+    KernelConfig("gemv", bn=32, bm=4, split_k=2, num_stages=3),
+    KernelConfig("gemv", bn=32, bm=1, split_k=1, num_stages=3),
     KernelConfig("gemm", bn=32, bm=16, split_k=2),
     KernelConfig("gemm", bn=64, bm=32, split_k=1),
     KernelConfig("gemm", bn=32, bm=64, split_k=3),

@@ -79,18 +79,24 @@ def heuristic(n: int, k_tiles: int, m: int, sms: int) -> KernelConfig:
 
 def candidates(n: int, k_tiles: int, m: int, sms: int) -> list[KernelConfig]:
     """What the autotuner tries (kept small: every distinct tile shape is a compile; more rows
-    per thread spill registers on sm90)."""
+    per thread spill registers on sm90). ``num_stages=3``: the codes of later k-tiles are copied
+    into shared memory asynchronously (Triton's pipeliner) while the current one is decoded."""
     out = []
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
-        for bn, w in ((64, 4), (64, 2), (128, 4)):
-            for t in (2, 4, 8):
-                out.append(KernelConfig("gemv", bn=bn, bm=bm, split_k=_split(-(-n // bn), k_tiles, sms, t), num_warps=w))
+        for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):
+            for t in targets:
+                for st in (1, 3):
+                    out.append(KernelConfig("gemv", bn=bn, bm=bm, split_k=_split(-(-n // bn), k_tiles, sms, t),
+                                            num_warps=w, num_stages=st))
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
-    for bn, w in ((64, 4), (64, 8), (128, 4), (32, 4)):
+    for bn, w, targets, stages in ((64, 4, (1, 2, 4), (1, 3)), (64, 8, (1, 2), (1, 3)), (32, 4, (2,), (1,)),
+                                   (128, 4, (2,), (1,))):
         base = -(-n // bn) * -(-m // bm)
-        for t in (1, 2, 4):
-            out.append(KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, t), num_warps=w))
+        for t in targets:
+            for st in stages:
+                out.append(KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, t), num_warps=w,
+                                        num_stages=st))
     if m >= 32:
         out.append(KernelConfig("cublas"))
     return list(dict.fromkeys(out))

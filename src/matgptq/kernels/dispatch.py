@@ -126,7 +126,7 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     gemv_kernel[(grid_n, split)](
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
-        BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0), HALF2=half2,
+        BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0), HALF2=half2, NS=cfg.num_stages,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )
     return out
@@ -148,7 +148,7 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     gemm_kernel[(*tiles, split)](
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam, lam * mu, c1, c0, plan.zoff, plan.zconst,
-        BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, CODES=codes, HALF2=half2,
+        BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, CODES=codes, HALF2=half2, NS=cfg.num_stages,
         F32DOT=interpreting() and x2.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
     )

@@ -113,7 +113,7 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr,
-        CODES: tl.constexpr, HALF2: tl.constexpr, F32DOT: tl.constexpr, ROTM: tl.constexpr,
+        CODES: tl.constexpr, HALF2: tl.constexpr, F32DOT: tl.constexpr, ROTM: tl.constexpr, NS: tl.constexpr,
     ):
         """One tensor-core dot per scale group: the group's UG units are decoded to values exact in
         the activation dtype, joined into a [BN, UG*16] tile and multiplied with the activations
@@ -137,7 +137,7 @@ if triton is not None:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
-        for kt in range(kt0, kt1):
+        for kt in tl.range(kt0, kt1, num_stages=NS):  # NS > 1: codes copied ahead asynchronously
             base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
             c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + qoffs, chunk_stride, qmask, NCH)
             for p in tl.static_range(2):

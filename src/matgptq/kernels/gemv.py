@@ -3,7 +3,8 @@
 Each program owns BN output rows and a range of k-tiles (split-K); every thread keeps a
 [BM, rows, 4 words] slice of the [BM, BN, V] accumulator, decodes each weight once and
 multiplies it into all BM activation rows. Scales and zeros are applied once per group and row
-(see :mod:`.triton_decode`).
+(see :mod:`.triton_decode`). With ``num_stages`` > 1 Triton's pipeliner copies the next k-tiles'
+codes into shared memory asynchronously while the current one is decoded (on the GPU).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        HALF2: tl.constexpr,
+        HALF2: tl.constexpr, NS: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -39,7 +40,7 @@ if triton is not None:
         acc = tl.zeros([BM, BN, V], dtype=tl.float32)
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
-        for kt in range(kt0, kt1):
+        for kt in tl.range(kt0, kt1, num_stages=NS):  # NS > 1: codes copied ahead asynchronously
             base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
             c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + qoffs, chunk_stride, qmask, NCH)
             for i in tl.static_range(4):
@@ -71,11 +72,11 @@ if triton is not None:
                         else:
                             g = tl.minimum((kt * KT + (8 * i + u + 1 - UG) * V) // G, NG - 1)
                         s = tl.load(S + g * N + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :, None]
-                        if SYM:
-                            zb = ZCONST - ZOFF
+                        if SYM:  # C1 is a power of two: (C0 + z_b) / C1 is exact enough and C1 waits to the end
+                            acc += s * (a - ((C0 + ZCONST - ZOFF) / C1) * xs)
                         else:
-                            zb = tl.load(Z + g * N + rows, mask=rows < N, other=0).to(tl.float32)[None, :, None] - ZOFF
-                        acc += s * (a * C1 - (C0 + zb) * xs)
-        out = tl.sum(acc, axis=2)
+                            zb = tl.load(Z + g * N + rows, mask=rows < N, other=0).to(tl.float32) - ZOFF
+                            acc += s * (a - ((C0 + zb) / C1)[None, :, None] * xs)
+        out = tl.sum(acc, axis=2) * C1
         offs_m = tl.arange(0, BM)
         finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
