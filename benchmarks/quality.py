@@ -7,7 +7,8 @@ weights already sit on a 4-bit grid in groups of 32; we quantize with groups of 
 the grids do not line up). Calibration: pre-1990 State of the Union addresses (built-in corpus),
 evaluation: the held-out 1990-2021 addresses (first N windows). Methods: full precision; RTN at b;
 GPTQ trained at b; GPTQ-8 then sliced to b; MatGPTQ B={8,4,3} sliced to b with the `round` and the
-`nested` slicing rule. Results go to benchmarks/results/quality_smollm2.json and a PNG plot.
+`nested` slicing rule (λ all 1), and one `round` row with λ = (10, 1, 1) (``--lambdas``; '' skips it).
+Results go to benchmarks/results/quality_smollm2.json and a PNG plot.
 """
 
 from __future__ import annotations
