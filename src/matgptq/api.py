@@ -297,18 +297,16 @@ def set_bits(model: nn.Module, bits: int | dict[str, int]) -> nn.Module:
 
 def bits_per_weight(ck_or_meta, headers: dict[str, dict], bits: int) -> float:
     """Average storage bits per quantized weight at ``bits``: codes + scales (+ zeros if asym)."""
+    from .checkpoint import group_overhead_bits
+
     meta = ck_or_meta
-    sizes = {"F16": 16, "BF16": 16, "F32": 32}
     total_w, total_bits = 0, 0.0
     for k, h in headers.items():
         if not k.endswith(".qweight"):
             continue
         r, c = h["shape"]
-        s = headers[k[: -len("qweight")] + "scales"]
-        groups = s["shape"][1]
-        per_group = sizes.get(s["dtype"], 16) + (0 if meta.config.sym else 8)
         total_w += r * c
-        total_bits += r * c * bits + r * groups * per_group
+        total_bits += r * c * bits + group_overhead_bits(headers, k[: -len(".qweight")], meta.config.sym)
     return total_bits / max(total_w, 1)
 
 

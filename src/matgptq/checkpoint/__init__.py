@@ -2,10 +2,10 @@
 
 from .format import PUBLISHED_METHOD, QUANT_METHOD, QuantMeta, check_bits, shard_name
 from .reader import Checkpoint, open_checkpoint
-from .tensors import CorruptCheckpointError, read_header
+from .tensors import CorruptCheckpointError, group_overhead_bits, read_header, tensor_bytes
 from .writer import CheckpointWriter, fingerprint
 
 __all__ = [
     "PUBLISHED_METHOD", "QUANT_METHOD", "QuantMeta", "check_bits", "shard_name", "Checkpoint",
-    "open_checkpoint", "CorruptCheckpointError", "read_header", "CheckpointWriter", "fingerprint",
+    "open_checkpoint", "CorruptCheckpointError", "group_overhead_bits", "read_header", "tensor_bytes", "CheckpointWriter", "fingerprint",
 ]

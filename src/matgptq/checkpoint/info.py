@@ -6,8 +6,7 @@ import os
 from collections import Counter
 
 from .reader import open_checkpoint
-
-_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "U8": 1, "I64": 8, "I32": 4, "F64": 8}
+from .tensors import tensor_bytes
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict:
@@ -18,10 +17,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
     other_bytes = 0
     for k, v in h.items():
         if k not in quant_keys:
-            n = 1
-            for s in v["shape"]:
-                n *= s
-            other_bytes += n * _BYTES.get(v["dtype"], 2)
+            other_bytes += tensor_bytes(v)
     n_weights, scale_bytes, zero_bytes, perm_bytes = 0, 0, 0, 0
     shapes = Counter()
     for m in mods:
@@ -29,7 +25,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict:
         n_weights += r * c
         shapes[f"{m.rsplit('.', 1)[-1]} {r}x{c}"] += 1
         s = h[f"{m}.scales"]
-        scale_bytes += s["shape"][0] * s["shape"][1] * _BYTES.get(s["dtype"], 2)
+        scale_bytes += tensor_bytes(s)
         if not meta.config.sym and f"{m}.qzeros" in h:
             zero_bytes += s["shape"][0] * s["shape"][1]
         if f"{m}.perm" in h:

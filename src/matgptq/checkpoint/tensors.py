@@ -20,6 +20,20 @@ _DTYPE_SIZES = {"U8": 1, "I8": 1, "BOOL": 1, "F16": 2, "BF16": 2, "I16": 2, "U16
                 "I32": 4, "U32": 4, "F64": 8, "I64": 8, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
+def tensor_bytes(header: dict) -> int:
+    """Bytes of one tensor from its safetensors header entry (dtype and shape)."""
+    n = 1
+    for d in header["shape"]:
+        n *= d
+    return n * _DTYPE_SIZES.get(header["dtype"], 2)
+
+
+def group_overhead_bits(headers: dict[str, dict], module: str, sym: bool) -> int:
+    """Bits a quantized layer stores besides its codes: its scales, plus 8-bit zeros if asymmetric."""
+    s = headers[f"{module}.scales"]
+    return 8 * tensor_bytes(s) + (0 if sym else 8 * s["shape"][0] * s["shape"][1])
+
+
 class CorruptCheckpointError(ValueError):
     """A checkpoint file is missing, truncated or inconsistent with its metadata."""
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint.atomic import write_json
+from ..checkpoint.tensors import group_overhead_bits
 
 KEY = "profiles"
-_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 def profile_name(target: float) -> str:
@@ -73,10 +73,9 @@ def profile_size(headers: dict[str, dict], sym: bool, layer_bits: dict[str, int]
     n, code_bits, extra_bits = 0, 0, 0
     for m, b in layer_bits.items():
         r, c = headers[f"{m}.qweight"]["shape"]
-        s = headers[f"{m}.scales"]
         n += r * c
         code_bits += r * c * int(b)
-        extra_bits += s["shape"][0] * s["shape"][1] * (8 * _BYTES.get(s["dtype"], 2) + (0 if sym else 8))
+        extra_bits += group_overhead_bits(headers, m, sym)
     return {"average_bits": round(code_bits / max(n, 1), 4),
             "bits_per_weight": round((code_bits + extra_bits) / max(n, 1), 4),
             "quantized_MB": round((code_bits + extra_bits) / 8e6, 3)}

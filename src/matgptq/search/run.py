@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import fingerprint as _fingerprint
-from ..checkpoint import open_checkpoint
+from ..checkpoint import group_overhead_bits, open_checkpoint
 from .budget import Budget, Layer, check_levels, group_layers
 from .evolution import EvoConfig, evolve, rng_for
 from .fitness import KLFitness
@@ -31,7 +31,6 @@ from .profiles import profile_name, profile_size, store_profile
 
 log = logging.getLogger("matgptq")
 METHODS = ("evolution", "knapsack", "greedy")
-_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 
 
 @dataclass
@@ -60,10 +59,7 @@ def budget_for(checkpoint, target_bits: float, levels: Sequence[int] | None = No
     lv = check_levels(levels, meta.config.master_bits)
     layers = []
     for m in ck.modules:
-        r, c = h[f"{m}.qweight"]["shape"]
-        s = h[f"{m}.scales"]
-        per_group = 8 * _BYTES.get(s["dtype"], 2) + (0 if meta.config.sym else 8)
-        layers.append(Layer(m, (r, c), s["shape"][0] * s["shape"][1] * per_group))
+        layers.append(Layer(m, tuple(h[f"{m}.qweight"]["shape"]), group_overhead_bits(h, m, meta.config.sym)))
     return Budget(layers, lv, target_bits, count_scales)
 
 
