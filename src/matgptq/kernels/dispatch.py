@@ -32,10 +32,15 @@ def kernel_supported(pw: PackedWeight, bits: int) -> bool:
     return pw.read_plan(bits).kernel_ok and (g is None or g % V == 0)
 
 
+def inline_asm_ok() -> bool:
+    """Byte permutes (inline PTX) on a GPU; the interpreter and ``MATGPTQ_NO_PRMT=1`` take the
+    shift-and-mask forms."""
+    return not interpreting() and os.environ.get("MATGPTQ_NO_PRMT", "0") != "1"
+
+
 def use_prmt(bits: int) -> bool:
-    """One byte-permute per weight (inline PTX) where the codes fit 7 bits; the interpreter
-    and ``MATGPTQ_NO_PRMT=1`` take the shift-and-mask form."""
-    return bits <= 7 and not interpreting() and os.environ.get("MATGPTQ_NO_PRMT", "0") != "1"
+    """One byte permute per weight into an fp32 value, where the codes fit 7 bits."""
+    return bits <= 7 and inline_asm_ok()
 
 
 def _consts(pw: PackedWeight, plan: ReadPlan) -> dict:
@@ -120,7 +125,7 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, grid_n)
     m = x2.shape[0]
     bm = configs.next_pow2(m)
-    half2 = plan.bits == 8 and use_prmt(7)  # 8-bit codes do not fit the fp32 byte-permute trick
+    half2 = plan.bits == 8 and inline_asm_ok()  # 8-bit codes: fp16 byte permutes instead of the fp32 ones
     if half2:
         lam, mu = 1.0, 1024.0
     gemv_kernel[(grid_n, split)](
@@ -140,7 +145,7 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     plan, split, ws, cnt, c, lam, mu, args = _launch(x2, pw, bits, cfg, tiles[0] * tiles[1])
     # fp16 on a GPU: byte permutes make 1024 + k directly (HALF2); v = 1 + k/256 (8-bit codes
     # without byte permutes) is not exact in bf16: feed the codes k there
-    half2 = x2.dtype == torch.float16 and use_prmt(1)
+    half2 = x2.dtype == torch.float16 and inline_asm_ok()
     codes = x2.dtype == torch.bfloat16 and not c["PRMT"] and plan.bits > 7
     if half2:
         lam, mu = 1.0, 1024.0

@@ -116,8 +116,8 @@ if triton is not None:
         CODES: tl.constexpr, HALF2: tl.constexpr, F32DOT: tl.constexpr, ROTM: tl.constexpr, NS: tl.constexpr,
     ):
         """One tensor-core dot per scale group: the group's UG units are decoded to values exact in
-        the activation dtype, joined into a [BN, UG*16] tile and multiplied with the activations
-        gathered in the tile's column order; the scale and zero are applied to the fp32 result."""
+        the activation dtype, joined into a [BN, UG*16] tile in k order and multiplied with the
+        group's contiguous activations; the scale and zero are applied to the fp32 result."""
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)

@@ -138,34 +138,23 @@ if triton is not None:
                 word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
         return word
 
+    @triton.constexpr_function
+    def _prmt_asm(a, b, sel):
+        """PTX of one byte permute: a, b are register operands ($1) or constants, sel a constant."""
+        return f"prmt.b32 $0, {a}, {b}, {int(sel)};"
+
     @triton.jit
     def _prmt_lane(word, i: tl.constexpr):
         """One byte-permute: bytes [0x3F, lane i, 0, 0] = the float 0.5 + k/256 (k < 128)."""
-        if i == 0:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13312;", "=r,r", [word],
-                                          dtype=tl.uint32, is_pure=True, pack=1)
-        elif i == 1:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13568;", "=r,r", [word],
-                                          dtype=tl.uint32, is_pure=True, pack=1)
-        elif i == 2:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 13824;", "=r,r", [word],
-                                          dtype=tl.uint32, is_pure=True, pack=1)
-        else:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, 1056964608, $1, 14080;", "=r,r", [word],
-                                          dtype=tl.uint32, is_pure=True, pack=1)
-        return r
+        return tl.inline_asm_elementwise(_prmt_asm(0x3F000000, "$1", 0x3400 + 256 * i), "=r,r", [word],
+                                         dtype=tl.uint32, is_pure=True, pack=1)
 
     @triton.jit
     def half2_pair(word, p: tl.constexpr):
-        """fp16 pairs (1024 + k of byte lane 2p, 1024 + k of byte lane 2p+1): [..., 2]."""
-        w2 = tl.join(word, word)
-        if p == 0:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 16704;", "=r,r,r", [w2],
-                                          dtype=tl.float16, is_pure=True, pack=2)
-        else:
-            r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 1684300900, 17218;", "=r,r,r", [w2],
-                                          dtype=tl.float16, is_pure=True, pack=2)
-        return r
+        """fp16 pairs (1024 + k of byte lane 2p, 1024 + k of byte lane 2p+1): [..., 2]. Bytes
+        [lane 2p, 0x64, lane 2p+1, 0x64] of (word, 0x64646464)."""
+        return tl.inline_asm_elementwise(_prmt_asm("$1", 0x64646464, 0x4140 + 0x202 * p), "=r,r,r",
+                                         [tl.join(word, word)], dtype=tl.float16, is_pure=True, pack=2)
 
     @triton.jit
     def lane_value(word, i: tl.constexpr, u: tl.constexpr, RAW: tl.constexpr, P: tl.constexpr, B: tl.constexpr,
