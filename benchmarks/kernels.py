@@ -430,7 +430,7 @@ def main():
     dump()
     with open(os.path.join(args.out, f"tuned_{args.tag}.json"), "w") as f:
         json.dump(tuned, f, indent=0)
-    summarize(rows, checks, bw, skipped)
+    summarize(rows, checks, skipped)
     print(f"total {time.time() - t_start:.0f} s; JSON: {out_json}")
 
 
@@ -438,6 +438,11 @@ def merge_runs(paths, out, tag):
     runs = [json.load(open(p)) for p in paths]
     merged = dict(runs[0])
     merged["rows"] = [r for run in runs for r in run["rows"]]
+    points = [(r["shape"], r["bits"], r["layout"], r["batch"]) for r in merged["rows"]]
+    twice = sorted({p for p in points if points.count(p) > 1})
+    if twice:
+        raise SystemExit(f"--summarize: {len(twice)} points are in more than one run (first: {twice[0]}); "
+                         "merge runs that split the shapes, not runs that repeat them")
     merged["checks"] = [c for run in runs for c in run["checks"]]
     merged["tuned"] = {k: v for run in runs for k, v in run["tuned"].items()}
     # every row keeps its percentage of the copy bandwidth measured in its own run
@@ -451,10 +456,10 @@ def merge_runs(paths, out, tag):
     with open(os.path.join(out, f"tuned_{tag}.json"), "w") as f:
         json.dump(merged["tuned"], f, indent=0)
     print("copy bandwidth per run: " + ", ".join(f"{b:.0f} GB/s" for b in merged["copy_bw_GBps"]))
-    summarize(merged["rows"], merged["checks"], None, 0)
+    summarize(merged["rows"], merged["checks"], 0)
 
 
-def summarize(rows, checks, bw, skipped):
+def summarize(rows, checks, skipped):
     print("\n=== table (µs; % of copy bandwidth; speedup vs fp16 F.linear) ===")
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     batches = sorted(set(r["batch"] for r in rows))
