@@ -45,9 +45,11 @@ def _blocks_of(model: nn.Module, names: Sequence[str]) -> tuple[nn.ModuleList, l
             if isinstance(mod, nn.ModuleList) and parts[j].isdigit():
                 break
         else:
-            raise ValueError(f"quantized layer {n} is not inside a list of decoder blocks")
+            raise ValueError(f"quantized layer {n} is not inside a list of decoder blocks; the search scores "
+                             "block by block, so search only the layers of the decoder blocks")
         if prefix not in (None, ".".join(parts[:j])):
-            raise ValueError(f"quantized layers lie in two block lists ({prefix}, {'.'.join(parts[:j])})")
+            raise ValueError(f"quantized layers lie in two block lists ({prefix}, {'.'.join(parts[:j])}); the search "
+                             "handles one stack of decoder blocks (e.g. the language model of a multimodal model)")
         prefix, blocks = ".".join(parts[:j]), mod
         index.append(int(parts[j]))
     return blocks, index

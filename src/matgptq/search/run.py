@@ -152,7 +152,8 @@ def search_bits(
             raise ValueError(f"init has {budget.average_bits(init_bits):.4f} bits per weight, over the target "
                              f"{budget.target:g}; start from a profile made for this target or lower")
         if any(b not in budget.levels for b in init_bits):
-            raise ValueError(f"init uses widths outside the levels {list(budget.levels)}")
+            raise ValueError(f"init uses widths {sorted(set(init_bits) - set(budget.levels))} outside the levels "
+                             f"{list(budget.levels)}; add them to levels= (--levels) or start from another profile")
     name = str(name) if name else (profile_name(target_bits) if method == "evolution" else
                                    f"{profile_name(target_bits)}-{method}")
     device = _resolve_device(device)
