@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_sass.py                      # CUDA-core kernel, batch 1, fixed 2/3/4/6/8 bits
     python benchmarks/kernel_sass.py --kernel gemm --batch 16 --layouts fixed,resident
+    python benchmarks/kernel_sass.py --kernel mma --bn 64 --warps 4   # tensor-core decode kernel
 
 Compiles the Triton kernel for an H100 target (the installed Triton's bundled ptxas), reads the
 registers and the SASS of the k-tile loop (the outermost backward branch), and prints the
@@ -34,25 +35,29 @@ PTRS = {"X": "*fp16", "Q": "*i32", "S": "*fp16", "Z": "*u8", "OUT": "*fp16", "BI
 FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
-def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int):
+def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1):
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90."""
-    from matgptq.kernels import gemm, gemv
+    from matgptq.kernels import gemm, gemv, mma
 
-    fn = gemv.gemv_kernel if kernel == "gemv" else gemm.gemm_kernel
+    fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel}[kernel]
     q = torch.zeros(8, 1024, dtype=torch.uint8)
     pw = pack(q, torch.ones(8, 8).half(), torch.full((8, 8), 128, dtype=torch.uint8), master_bits=8,
               slicing="round", group_size=128, layout=layout, bits=bits)
     c = _consts(pw, pw.read_plan(bits))
     c["PRMT"] = bits <= 7
-    c = _with_raw(c) | dict(BM=bm, BN=bn, HAS_BIAS=False, EVEN=True, NS=1)
-    c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
+    c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
+    if kernel == "mma":
+        c |= dict(RT=bn // 16, ASM=True, NS=stages)
+    else:
+        c |= dict(BM=bm, BN=bn, NS=1)
+        c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
     names = fn.arg_names
     sig = {n: "constexpr" if n in c else PTRS.get(n, "fp32" if n in FLOATS else "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in ("X", "stride_xm", "Q", "S", "Z", "OUT", "stride_om", "BIAS", "WS", "CNT", "N", "K")}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in c.items() if k in names},
                     attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1 if kernel == "mma" else stages))
 
 
 def loop_mix(compiled) -> tuple[int, Counter]:
@@ -78,7 +83,7 @@ def loop_mix(compiled) -> tuple[int, Counter]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kernel", choices=["gemv", "gemm"], default="gemv")
+    ap.add_argument("--kernel", choices=["gemv", "gemm", "mma"], default="gemv")
     ap.add_argument("--batch", type=int, default=1, help="rows of the activation tile (gemm: 16 or more)")
     ap.add_argument("--bn", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)

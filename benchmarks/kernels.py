@@ -101,11 +101,13 @@ def check_cases():
     cases = []
     gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
+    mma = lambda bn=64, sk=2, w=4, st=1: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
-                cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1, [gemv(), gemv(st=3)], False))
+                cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
+                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -113,9 +115,12 @@ def check_cases():
             [gemm(16 if batch <= 16 else 32 if batch <= 32 else 64)] if batch > 1 else [])
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
-        cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs, True))
+        mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1)] if batch <= 8 else []
+        cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
-    cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5, [gemv(32, 5), gemm(16, 32, 5)], True))
+    cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
+                  [gemv(32, 5), gemm(16, 32, 5), mma(64, 5), mma(16, 2, 1)], True))
+    cases.append((1000, 1016, 8, "fixed", "round", None, True, "float16", 7, [mma(32, 2, 1)], True))
     return cases
 
 
@@ -273,7 +278,7 @@ def main():
         kt = -(-k // 512)
         if args.no_tune:
             return None
-        return configs.candidates(n, kt, m, sms)
+        return configs.candidates(n, kt, m, sms, mma=True)  # fp16 activations
 
     plan = []
     for (n, k) in shapes:
@@ -287,7 +292,7 @@ def main():
     seen = set()
     for (n, k, bits, layout, m) in plan:
         kt = -(-k // 512)
-        cands = point_candidates(n, k, m) or [configs.lookup(name, n, k, m, "") or configs.heuristic(n, kt, m, sms)]
+        cands = point_candidates(n, k, m) or [configs.lookup(name, n, k, m, "") or configs.heuristic(n, kt, m, sms, mma=True)]
         for c in cands:
             if c.kind == "cublas":
                 key = ("deq", bits, layout)

@@ -23,6 +23,7 @@ from matgptq.quant.grid import dequantize  # noqa: E402
 TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 GEMV = KernelConfig("gemv", bn=32, split_k=1)
 GEMM = KernelConfig("gemm", bn=32, bm=16, split_k=1)
+MMA = KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=2)
 
 
 def _case(n, k, gs, rule, layout, bits, m=8, asym=False, seed=0):
@@ -54,28 +55,33 @@ def _run(cfg, x, pw, bits, bias=None):
 @pytest.mark.parametrize("layout", ["fixed", "resident"])
 @pytest.mark.parametrize("rule", ["round", "nested"])
 def test_every_width_both_kernels(layout, rule):
-    """Every width 2..8 through the CUDA-core and the tensor-core kernel (40 x 72: one padded
-    k-tile, rows masked)."""
+    """Every width 2..8 through the CUDA-core, the warp-level mma and the tensor-core kernel
+    (40 x 72: one padded k-tile, rows masked)."""
     for bits in range(2, 9):
         pw, w = _case(40, 72, None, rule, layout, bits, seed=bits)
         g = torch.Generator().manual_seed(bits)
         x1 = torch.randn(1, 72, generator=g).half()
         _check(_run(GEMV, x1, pw, bits), x1, w)
+        _check(_run(MMA, x1, pw, bits), x1, w)
+        x8 = torch.randn(8, 72, generator=g).half()
+        _check(_run(MMA, x8, pw, bits), x8, w)
         x9 = torch.randn(9, 72, generator=g).half()
         _check(_run(GEMM, x9, pw, bits), x9, w)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 5, 7, 8, 9, 16, 33])
 def test_every_batch_size_through_dispatch(batch):
-    """Both kernels (the CUDA-core one up to 8 rows) and the automatic choice (CUDA cores up to
-    2 rows, tensor cores above) at batch sizes that are not powers of two; groups of 32,
-    asymmetric zeros, 3 k-tiles split three ways."""
+    """Every kernel (the CUDA-core and the mma one up to 8 rows) and the automatic choice (the
+    mma kernel up to 8 fp16 rows, else CUDA cores up to 2, tensor cores above) at batch sizes that
+    are not powers of two; groups of 32, asymmetric zeros, 3 k-tiles split three ways."""
     pw, w = _case(48, 1536, 32, "round", "resident", 3, asym=True, seed=batch)
     x = torch.randn(batch, 1536, generator=torch.Generator().manual_seed(batch)).half()
-    for kind in (["gemv"] if batch <= 8 else []) + ["gemm"]:
-        cfg = KernelConfig(kind, bn=32, bm=16 if batch <= 16 else 64, split_k=3)
+    for kind in (["gemv", "mma"] if batch <= 8 else []) + ["gemm"]:
+        cfg = KernelConfig(kind, bn=32, bm=8 if kind == "mma" else 16 if batch <= 16 else 64, split_k=3)
         _check(_run(cfg, x, pw, 3), x, w)
     assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4).kind == ("gemv" if batch <= 2 else "gemm")
+    assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4, mma=True).kind == (
+        "mma" if batch <= 8 else "gemm")
     out = quant_matmul(x.view(batch, 1, 1536), pw, 3, backend="triton")
     assert out.shape == (batch, 1, 48)
     _check(out.view(batch, 48), x, w)
@@ -131,6 +137,9 @@ def test_torch_backend_and_errors():
         quant_matmul(torch.randn(2, 71).half(), pw, 4)
     with pytest.raises(ValueError, match="only the 4-bit slice"):
         quant_matmul(x, pw, 3)
+    with pytest.raises(ValueError, match="mma kernel serves fp16"):
+        _run(KernelConfig("mma", bm=8), x.bfloat16(), pw, 4)
+    assert dispatch.choose_config(x.bfloat16(), pw, 4).kind != "mma"  # bf16 takes the other kernels
 
 
 @pytest.mark.parametrize("cfg", [
@@ -141,6 +150,9 @@ def test_torch_backend_and_errors():
     KernelConfig("gemm", bn=32, bm=16, split_k=2),
     KernelConfig("gemm", bn=64, bm=32, split_k=1),
     KernelConfig("gemm", bn=32, bm=64, split_k=3),
+    KernelConfig("mma", bn=64, bm=8, split_k=2, num_warps=4),
+    KernelConfig("mma", bn=16, bm=8, split_k=3, num_warps=1, num_stages=2),
+    KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=1),
 ], ids=lambda c: c.key())
 @pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
 def test_launch_variants(cfg, rule, layout, bits):

@@ -17,12 +17,13 @@ from pathlib import Path
 TUNED_FILE = Path(__file__).with_name("tuned.json")
 GEMV_MAX_M = 2  # heuristic: CUDA-core kernel up to this batch, tensor cores above (H100 measurements)
 GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batch
+MMA_MAX_M = 8  # the warp-level mma kernel: batch rows are the eight columns of m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul)
+    kind: str  # "mma" | "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul); mma: bn = 16 * tiles
     bn: int = 64
     bm: int = 16
     split_k: int = 1
@@ -65,7 +66,10 @@ def _split(base_programs: int, k_tiles: int, sms: int, target: float) -> int:
     return max(1, min(want, k_tiles, 32))
 
 
-def heuristic(n: int, k_tiles: int, m: int, sms: int) -> KernelConfig:
+def heuristic(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> KernelConfig:
+    """``mma``: the warp-level mma kernel can serve this call (fp16, batch <= 8)."""
+    if mma and m <= MMA_MAX_M:
+        return KernelConfig("mma", bn=64, bm=8, split_k=_split(-(-n // 64), k_tiles, sms, 4), num_warps=4)
     if m <= GEMV_MAX_M:
         bn = 64 if n >= 2048 else 32
         return KernelConfig("gemv", bn=bn, bm=next_pow2(m), split_k=_split(-(-n // bn), k_tiles, sms, 4), num_warps=4)
@@ -77,11 +81,19 @@ def heuristic(n: int, k_tiles: int, m: int, sms: int) -> KernelConfig:
     return KernelConfig("cublas")
 
 
-def candidates(n: int, k_tiles: int, m: int, sms: int) -> list[KernelConfig]:
+def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> list[KernelConfig]:
     """What the autotuner tries (kept small: every distinct tile shape is a compile; more rows
     per thread spill registers on sm90). ``num_stages=3``: the codes of later k-tiles are copied
-    into shared memory asynchronously (Triton's pipeliner) while the current one is decoded."""
+    into shared memory asynchronously (Triton's pipeliner) while the current one is decoded.
+    ``mma``: also the warp-level mma kernel (fp16, batch <= 8), one or two row tiles per warp;
+    its ``num_stages=2`` double-buffers the codes in registers (the next k-tile's loads first)."""
     out = []
+    if mma and m <= MMA_MAX_M:
+        for bn, w, targets, stages in ((64, 4, (2, 4, 8), (1, 2)), (16, 1, (4, 8), (1, 2)), (32, 1, (4, 8), (1,))):
+            for t in targets:
+                for st in stages:
+                    out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
+                                            num_warps=w, num_stages=st))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

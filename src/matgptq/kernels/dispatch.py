@@ -1,8 +1,9 @@
 """``quant_matmul(x, packed, bits)``: y = x · Ŵ_bᵀ (+ bias) for any batch, on the best path.
 
-CUDA (or the Triton interpreter, ``backend="triton"``): the CUDA-core kernel for small batches,
-the tensor-core kernel for larger ones, and dequantize + cuBLAS for very large ones, each with
-a tuned configuration (:mod:`.configs`). Elsewhere: plain torch (dequantize, then matmul).
+CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
+batches up to 8 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
+``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
+configuration (:mod:`.configs`). Elsewhere: plain torch (dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -160,6 +161,31 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     return out
 
 
+def mma_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
+    """The warp-level mma kernel: fp16 activations, at most 8 rows, columns in fours and an even
+    row stride (its lanes read activation pairs as 32-bit words)."""
+    return (x2.dtype == torch.float16 and x2.shape[0] <= 8 and pw.k % 8 == 0 and x2.data_ptr() % 4 == 0
+            and (x2.shape[0] == 1 or x2.stride(0) % 2 == 0))
+
+
+def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+               cfg: KernelConfig) -> torch.Tensor:
+    from .mma import LAM, mma_kernel
+
+    if not mma_supported(x2, pw):
+        raise ValueError(f"the mma kernel serves fp16 batches of at most 8 rows with K % 8 == 0, not "
+                         f"{x2.dtype} x {tuple(x2.shape)}; use a 'gemv' or 'gemm' config")
+    grid_n = -(-pw.n // cfg.bn)
+    plan, split, ws, cnt, c, _, _, args = _launch(x2, pw, bits, cfg, grid_n)
+    mma_kernel[(grid_n, split)](
+        *_buffers(x2, pw, out, bias, ws, cnt), *args,
+        LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
+        RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
+        NS=cfg.num_stages, num_warps=cfg.num_warps, num_stages=1, **c,
+    )
+    return out
+
+
 def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torch.Tensor | None = None,
                       bn: int = 64) -> torch.Tensor:
     """Ŵ_b [N, K] in storage column order, written by one Triton launch."""
@@ -199,6 +225,8 @@ def run_config(cfg: KernelConfig, x2, pw, bits, out, bias):
         return launch_gemv(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "gemm":
         return launch_gemm(x2, pw, bits, out, bias, cfg)
+    if cfg.kind == "mma":
+        return launch_mma(x2, pw, bits, out, bias, cfg)
     return _cublas(x2, pw, bits, out, bias)
 
 
@@ -209,13 +237,13 @@ def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> K
     name = _device_name(dev)
     key = configs.table_key(name, pw.n, pw.k, m, fmt)
     cfg = configs.recalled(key) or configs.lookup(name, pw.n, pw.k, m, fmt)
-    if cfg is not None:
+    if cfg is not None and not (cfg.kind == "mma" and not mma_supported(x2, pw)):  # e.g. a misaligned x
         return cfg
     if (configs.autotune_enabled() and dev.type == "cuda" and not interpreting()
             and not torch.cuda.is_current_stream_capturing()):
         cfg = _autotune(x2, pw, bits, bias)
     else:
-        cfg = configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev))
+        cfg = configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev), mma_supported(x2, pw))
     configs.remember(key, cfg)
     return cfg
 
@@ -226,14 +254,14 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
     m = x2.shape[0]
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
     best, best_t = None, float("inf")
-    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device)):
+    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw)):
         try:
             t = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20, return_mode="median")
         except Exception:  # a candidate that does not compile or fit is skipped
             continue
         if t < best_t:
             best, best_t = cfg, t
-    return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device))
+    return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw))
 
 
 def quant_matmul(x: torch.Tensor, pw: PackedWeight, bits: int, bias: torch.Tensor | None = None,

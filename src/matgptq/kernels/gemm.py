@@ -149,7 +149,7 @@ if triton is not None:
                     acc = _group_dot(acc, wh, kt, 2 * p + 1, u0, xrow, mrow, kcol, rows, nmask, S, Z, N, K, NG,
                                      C1, C0, ZOFF, ZCONST, KT, V, G, SYM, EVEN, F32DOT)
         tile_id = pid_n * tl.num_programs(1) + pid_m
-        finish_tile(acc, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, HAS_BIAS)
+        finish_tile(acc, offs_m[:, None], rows[None, :], M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K, HAS_BIAS)
 
     @triton.jit(do_not_specialize=["NG"])
     def dequant_kernel(

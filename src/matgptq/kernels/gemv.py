@@ -79,4 +79,4 @@ if triton is not None:
                             acc += s * (a - ((C0 + zb) / C1)[None, :, None] * xs)
         out = tl.sum(acc, axis=2) * C1
         offs_m = tl.arange(0, BM)
-        finish_tile(out, offs_m, rows, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
+        finish_tile(out, offs_m[:, None], rows[None, :], M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)

@@ -178,19 +178,20 @@ if triton is not None:
         return t.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def finish_tile(acc, offs_m, offs_n, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
+    def finish_tile(acc, mm, nn, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
                     HAS_BIAS: tl.constexpr):
-        """Store a [BM, BN] fp32 tile. With SPLIT_K > 1 every program writes its partial to the
-        workspace and the last program of the tile (per-tile counter) sums the partials in a
-        fixed order, adds the bias and writes the output: one launch, deterministic, and the
-        counter is reset for the next call."""
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        """Store an fp32 tile whose element e is output (batch row mm[e], column nn[e]); mm and nn
+        broadcast to acc's shape and name every element once. With SPLIT_K > 1 every program
+        writes its partial to the workspace and the last program of the tile (per-tile counter)
+        sums the partials in a fixed order, adds the bias and writes the output: one launch,
+        deterministic, and the counter is reset for the next call."""
+        mask = (mm < M) & (nn < N)
         if SPLIT_K == 1:  # a run-time branch: one compiled kernel serves every split
             if HAS_BIAS:
-                acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-            tl.store(OUT + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+                acc += tl.load(BIAS + nn, mask=nn < N, other=0.0).to(tl.float32)
+            tl.store(OUT + mm * stride_om + nn, acc.to(OUT.dtype.element_ty), mask=mask)
         else:
-            ws = WS + offs_m[:, None] * N + offs_n[None, :]
+            ws = WS + mm * N + nn
             tl.store(ws + pid_k * M * N, acc, mask=mask)
             tl.debug_barrier()
             old = tl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
@@ -199,6 +200,6 @@ if triton is not None:
                 for s in range(SPLIT_K):
                     tot += tl.load(ws + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
                 if HAS_BIAS:
-                    tot += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-                tl.store(OUT + offs_m[:, None] * stride_om + offs_n[None, :], tot.to(OUT.dtype.element_ty), mask=mask)
+                    tot += tl.load(BIAS + nn, mask=nn < N, other=0.0).to(tl.float32)
+                tl.store(OUT + mm * stride_om + nn, tot.to(OUT.dtype.element_ty), mask=mask)
                 tl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")

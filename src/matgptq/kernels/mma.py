@@ -1,0 +1,204 @@
+"""Tensor-core kernel for decode batches (1 to 8 rows): one warp-level ``mma.sync.m16n8k16`` per
+16 columns, on codes decoded in the registers they were loaded into.
+
+Lane l of a warp loads, for rows r = 16T + l//4 and r + 8 of its row tile T, words
+4*(l%4) .. 4*(l%4)+3 of every chunk (16 bytes per row and chunk, see :mod:`.pack`). After
+:func:`.triton_decode.unit_word`, byte lane i of word t' holds the code of column
+16*(8i+u) + 4*(l%4) + t', so for one (i, u) the lane already holds its share of the A fragment
+of an m16n8k16 step (columns 4*(l%4) + {0,1} and {2,3} of both rows), and it loads batch row
+l//4's activations at the same four columns as its B fragment. One byte permute turns two codes
+into the fp16 pair (k*2^-24, k'*2^-24), exact subnormals (8-bit codes take a second permute);
+the mma multiplies and accumulates in fp32, and a second mma with A = 1 gives each batch row's
+sum of x for the zero point: sum w*x = s*(C1 * sum v*x - (C0 + z_b) * sum x) as in the other
+kernels, here with v = k*2^-24. No shared memory, no layout conversion, the packed layout every
+kernel reads, about 1.5 instructions per weight against 4-5 for the CUDA-core kernel.
+
+The PTX works on the lanes that hold the elements: the tensors are shaped [tiles, 8, 4,
+4 registers] with linear indices so that Triton gives lane 4g + c element [., g, c, :] (``tests/test_kernel_layout.py`` compiles
+for sm_90 and checks it). Under the Triton interpreter (no inline PTX) the same fragments are
+multiplied with tl ops that follow the PTX fragment layout, so the CPU tests check the data
+movement the GPU relies on.
+"""
+
+from __future__ import annotations
+
+from .triton_decode import triton
+
+LAM = float(1 << 24)  # code k = LAM * v for the fp16 subnormal v the permutes make
+
+if triton is not None:
+    import triton.language as tl
+
+    from .triton_decode import finish_tile, load_chunks, unit_word
+
+    @triton.constexpr_function
+    def _mma_asm(i, wide, first):
+        """PTX of two m16n8k16 steps (units u, u+1; byte lane i): operands $0-3 the fp32 result,
+        $4-7 / $8-11 row r / r+8 words of unit u, $12-15 / $16-19 those of unit u+1, $20-21 / $22-23
+        the activations of units u / u+1 (four fp16 in two registers), $24-27 the accumulator
+        (first: none, the steps start from zero)."""
+        i = int(i)
+        lines = ["{", ".reg .b32 a<8>, t<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
+        acc = "{z, z, z, z}" if first else "{$24, $25, $26, $27}"
+        words = (4, 8, 6, 10, 12, 16, 14, 18)  # register n pairs words $w, $w+1
+        for n in range(8):
+            w = words[n]
+            if wide:  # 8-bit codes: gather the two bytes, then interleave zero bytes
+                lines.append(f"prmt.b32 t{n}, ${w}, ${w + 1}, {i | (4 + i) << 4};")
+                lines.append(f"prmt.b32 a{n}, t{n}, 0, {0x4140};")
+            else:  # codes < 128: the sign-replicated byte is the zero high byte
+                lines.append(f"prmt.b32 a{n}, ${w}, ${w + 1}, {i | (8 | i) << 4 | (4 + i) << 8 | (12 + i) << 12};")
+        mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+        lines.append(f"{mma} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$20, $21}}, {acc};")
+        lines.append(f"{mma} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$22, $23}}, {{e0, e1, e2, e3}};")
+        lines.append("}")
+        return "\n".join(lines)
+
+    @triton.constexpr_function
+    def _ones_asm(first):
+        """PTX of two m16n8k16 steps with A = 1: the column sums of the activations."""
+        mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+        acc = "{z, z, z, z}" if first else "{$8, $9, $10, $11}"
+        return "\n".join([
+            "{", ".reg .b32 one;", ".reg .f32 e<4>, z;", "mov.b32 one, 0x3C003C00;", "mov.f32 z, 0f00000000;",
+            f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{$4, $5}}, {acc};",
+            f"{mma} {{$0, $1, $2, $3}}, {{one, one, one, one}}, {{$6, $7}}, {{e0, e1, e2, e3}};", "}",
+        ])
+
+    @triton.jit
+    def _in_d_layout(p0, p1, RT: tl.constexpr):
+        """[RT, 8 rows, 8 batch] products of rows r and r+8 -> [RT, 128] in the layout of the mma
+        result: element 16g + 4c + 2h + e (lane 4g + c, register 2h + e) is row g + 8h, batch 2c + e."""
+        p = tl.join(tl.reshape(p0, [RT, 8, 4, 2]), tl.reshape(p1, [RT, 8, 4, 2]))  # [.., c, e, h]
+        return tl.reshape(tl.permute(p, (0, 1, 2, 4, 3)), [RT, 128])
+
+    @triton.jit
+    def _step_ref(w0, w1, x, I: tl.constexpr, RT: tl.constexpr):
+        """One m16n8k16 step with tl ops (the interpreter): codes of byte lane I of the row-r and
+        row-(r+8) words times the activations, in the mma result's layout, times 2^-24."""
+        xf = tl.reshape(x.to(tl.float32), [RT, 1, 8, 16])  # [., ., batch g, column 4c + j]
+        k0 = tl.reshape(((w0 >> (8 * I)) & 0xFF).to(tl.float32), [RT, 8, 1, 16])
+        k1 = tl.reshape(((w1 >> (8 * I)) & 0xFF).to(tl.float32), [RT, 8, 1, 16])
+        p0 = tl.sum(k0 * xf, axis=3)
+        p1 = tl.sum(k1 * xf, axis=3)
+        return _in_d_layout(p0, p1, RT) * (1.0 / 16777216.0)
+
+    @triton.jit
+    def _ones_ref(x, RT: tl.constexpr):
+        """The mma with A = 1: every row gets its batch column's sum of x."""
+        xs = tl.sum(tl.reshape(x.to(tl.float32), [RT, 8, 16]), axis=2)  # [., batch]
+        xs = tl.broadcast_to(tl.reshape(xs, [RT, 1, 4, 2]), [RT, 8, 4, 2])
+        return _in_d_layout(xs, xs, RT)
+
+    @triton.jit
+    def _own_rows(v, odd, RT: tl.constexpr):
+        """[RT, 128] values of rows 4(g//2) + j -> those of the lane's rows r0 (registers 0, 1) and
+        r0 + 2 (registers 2, 3): a select inside each thread."""
+        ev, od = tl.split(tl.reshape(v, [RT, 32, 2, 2]))  # [., lane, h]: rows 2h and 2h + 1
+        own = tl.where(odd, od, ev)
+        return tl.reshape(tl.join(own, own), [RT, 128])
+
+    @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
+    def mma_kernel(
+        X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
+        M, N, K, KTN, NG, TILES_PER_SPLIT, SPLIT_K,
+        C1, C0, ZOFF, ZCONST,
+        RT: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr,
+        B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
+        NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
+        EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
+        ASM: tl.constexpr, NS: tl.constexpr,
+    ):
+        """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
+        (split-K); batch rows 0..M-1 (M <= 8) are the mma's eight columns."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        KT: tl.constexpr = 32 * V
+        # [tile T, element e]: lane e // 4 of the warp owning tile T holds e = 16g + 4c + j, its
+        # register j (lane 4g + c). Code words and activations are read contiguously in e, so
+        # Triton gives every thread four consecutive elements and lane l the elements 4l..4l+3.
+        T = tl.arange(0, RT)[:, None]
+        E = tl.arange(0, 128)[None, :]
+        Gl = E // 16
+        C = (E // 4) % 4
+        J = E % 4
+        # mma row m of the tile is row 4(m//2 % 4) + m % 2 + 2(m // 8): lane 4g + c owns rows
+        # r0 and r0 + 2, and its four aligned scales 4(g//2)..4(g//2)+3 hold both
+        rt = pid_n * (16 * RT) + 16 * T  # first row of the tile
+        r0 = rt + 4 * (Gl // 2) + Gl % 2
+        offs0 = r0 * V + 4 * C + J  # words 4c..4c+3 of row r0 (16 bytes)
+        offs1 = offs0 + 2 * V
+        chunk_stride = N * V
+        sofs = rt + 4 * (Gl // 2) + J  # [RT, 128]: rows 4(g//2) + j, 8 aligned bytes per lane
+        spar = (tl.arange(0, 32) // 4 % 2)[None, :, None] == 1  # lanes whose rows are odd
+        xoffs = Gl * stride_xm + 4 * C + J + 0 * T  # batch row g, column 4c + j (one copy per tile)
+        xmask = Gl + 0 * T < M
+        orow = r0 + 2 * (J // 2)  # output row and batch row of each result register
+        ocol = 2 * C + J % 2
+        smask = sofs < N
+        acc = tl.zeros([RT, 128], dtype=tl.float32)
+        zero = tl.zeros([RT, 128], dtype=tl.float32)
+        d = zero
+        d1 = zero
+        kt0 = pid_k * TILES_PER_SPLIT
+        kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
+        if NS == 2:  # the first k-tile's codes, before the loop
+            base = Q + tl.cast(kt0, tl.int64) * (CH * chunk_stride)
+            lim = tl.where(kt0 < kt1, N, 0)  # rows to read: none past the last k-tile
+            p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, r0 < lim, NCH)
+            q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < lim, NCH)
+        for kt in range(kt0, kt1):
+            if NS == 2:  # registers double-buffered: the next k-tile's loads are issued first
+                a0, a1, a2, a3, a4, a5, a6, a7 = p0, p1, p2, p3, p4, p5, p6, p7
+                b0, b1, b2, b3, b4, b5, b6, b7 = q0, q1, q2, q3, q4, q5, q6, q7
+                base = Q + tl.cast(kt + 1, tl.int64) * (CH * chunk_stride)
+                lim = tl.where(kt + 1 < kt1, N, 0)
+                p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, r0 < lim, NCH)
+                q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < lim, NCH)
+            else:
+                base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
+                a0, a1, a2, a3, a4, a5, a6, a7 = load_chunks(base + offs0, chunk_stride, r0 < N, NCH)
+                b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < N, NCH)
+            for i in tl.static_range(4):
+                for u in tl.static_range(0, 8, 2):
+                    k0 = kt * KT + (8 * i + u) * V  # first column of unit u (unit u+1: + 16)
+                    wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
+                    wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM)
+                    wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
+                    wb1 = unit_word(u + 1, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM)
+                    if u % UG == 0:
+                        d = zero
+                        d1 = zero
+                    if EVEN:
+                        xa = tl.load(X + xoffs + k0, mask=xmask, other=0.0)
+                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask, other=0.0)
+                    else:
+                        xa = tl.load(X + xoffs + k0, mask=xmask & (k0 + E % 16 < K), other=0.0)
+                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & (k0 + 16 + E % 16 < K), other=0.0)
+                    if ASM and u % UG == 0:  # the group's first steps start from zero
+                        d = tl.inline_asm_elementwise(_mma_asm(i, B == 8, True), "=f,=f,=f,=f" + ",r" * 20,
+                                                      [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.float32,
+                                                      is_pure=True, pack=4)
+                        d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
+                                                       dtype=tl.float32, is_pure=True, pack=4)
+                    elif ASM:
+                        d = tl.inline_asm_elementwise(_mma_asm(i, B == 8, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
+                                                      [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32,
+                                                      is_pure=True, pack=4)
+                        d1 = tl.inline_asm_elementwise(_ones_asm(False), "=f,=f,=f,=f,r,r,r,r,f,f,f,f", [xa, xb, d1],
+                                                       dtype=tl.float32, is_pure=True, pack=4)
+                    else:
+                        d += _step_ref(wa0, wa1, xa, i, RT) + _step_ref(wb0, wb1, xb, i, RT)
+                        d1 += _ones_ref(xa, RT) + _ones_ref(xb, RT)
+                    if (u + 2) % UG == 0:
+                        if G == 0:
+                            g = 0
+                        else:
+                            g = tl.minimum((k0 + (2 - UG) * V) // G, NG - 1)
+                        s = _own_rows(tl.load(S + g * N + sofs, mask=smask, other=0.0), spar, RT).to(tl.float32)
+                        if SYM:  # C1 waits to the end
+                            acc += s * (d - ((C0 + ZCONST - ZOFF) / C1) * d1)
+                        else:
+                            zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask, other=0), spar, RT).to(tl.float32) - ZOFF
+                            acc += s * (d - ((C0 + zb) / C1) * d1)
+        finish_tile(acc * C1, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)

@@ -1,0 +1,48 @@
+"""The mma kernel's PTX works on the lanes that hold the elements, so Triton must give lane l of
+every warp elements 4l..4l+3 of each [tiles, 128] operand, with no layout conversion inside the
+k-loop. Compiled offline for sm_90 (Triton's bundled ptxas, no GPU) in a fresh process: the
+kernels of this test session are interpreted."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = r"""
+import importlib.util, json, re, sys
+spec = importlib.util.spec_from_file_location("ks", sys.argv[1])
+ks = importlib.util.module_from_spec(spec); spec.loader.exec_module(ks)
+out = []
+for layout, bits, bn, warps, stages in (("fixed", 2, 64, 4, 1), ("resident", 8, 16, 1, 2), ("fixed", 3, 16, 1, 1)):
+    k = ks.compile_sm90("mma", layout, bits, 1, bn, warps, stages)
+    ttgir = k.asm["ttgir"]
+    layouts = dict(re.findall(r"^(#blocked\d*) = #ttg\.blocked<(.*)>$", ttgir, re.M))
+    asm = [layouts[m] for m in re.findall(r"tt\.elementwise_inline_asm.*?-> tensor<\d+x128xf32, (#blocked\d*)>", ttgir)]
+    start = ttgir.index("scf.for")  # the k-loop (no loop nests inside it)
+    loop = ttgir[start:ttgir.index("scf.yield", start)]
+    out.append(dict(case=[layout, bits, bn, warps, stages], asm_layouts=sorted(set(asm)), n_asm=len(asm),
+                    converts_in_loop=loop.count("ttg.convert_layout"), regs=ks.loop_mix(k)[0]))
+print(json.dumps(out))
+"""
+
+
+def test_mma_operands_sit_in_their_lanes():
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "benchmarks" / "kernel_sass.py")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
+        pytest.skip("this Triton has no bundled ptxas")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for case in json.loads(res.stdout.strip().splitlines()[-1]):
+        assert case["n_asm"] > 0, case
+        assert len(case["asm_layouts"]) == 1, case
+        lay = case["asm_layouts"][0]
+        assert "sizePerThread = [1, 4]" in lay and "threadsPerWarp = [1, 32]" in lay, case
+        assert case["converts_in_loop"] == 0, case
+        assert case["regs"] <= 255, case
