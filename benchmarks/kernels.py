@@ -247,7 +247,12 @@ def main():
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
                          "and tuned_TAG.json, and print the table and the acceptance checks")
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                    help="no GPU work: speedups of NEW over OLD (two kernels_TAG.json) per batch and, at batch 1, "
+                         "per width, and the paired timings of the mma kernel with and without double-buffering")
     args = ap.parse_args()
+    if args.compare:
+        return compare(*args.compare)
     if args.summarize:
         return merge_runs(args.summarize, args.out, args.tag)
     global DEV
@@ -462,6 +467,30 @@ def merge_runs(paths, out, tag):
         json.dump(merged["tuned"], f, indent=0)
     print("copy bandwidth per run: " + ", ".join(f"{b:.0f} GB/s" for b in merged["copy_bw_GBps"]))
     summarize(merged["rows"], merged["checks"], 0)
+
+
+def _spread(xs):
+    xs = sorted(xs)
+    return f"min {xs[0]:.2f}  median {statistics.median(xs):.2f}  max {xs[-1]:.2f}  ({len(xs)} points)"
+
+
+def compare(old_path, new_path):
+    """Old time / new time at every point both runs measured."""
+    key = lambda r: (r["shape"], r["bits"], r["layout"], r["batch"])  # noqa: E731
+    old = {key(r): r["us"] for r in json.load(open(old_path))["rows"]}
+    rows = json.load(open(new_path))["rows"]
+    pairs = [(key(r), old[key(r)] / r["us"]) for r in rows if key(r) in old]
+    print(f"speedup of {new_path} over {old_path} (old µs / new µs)")
+    for m in sorted({k[3] for k, _ in pairs}):
+        print(f"  batch {m:<3}  " + _spread([x for k, x in pairs if k[3] == m]))
+    for b in sorted({k[1] for k, _ in pairs}):
+        print(f"  batch 1, {b}-bit  " + _spread([x for k, x in pairs if k[3] == 1 and k[1] == b]))
+    # the same mma launch with (s2) and without (s1) the codes double-buffered in registers
+    ratios = [r["tried"][c[:-1] + "1"] / t for r in rows for c, t in r["tried"].items()
+              if c.startswith("mma") and c.endswith(":s2") and isinstance(t, float)
+              and isinstance(r["tried"].get(c[:-1] + "1"), float)]
+    if ratios:
+        print("  mma num_stages=2 vs 1 (s1 µs / s2 µs)  " + _spread(ratios))
 
 
 def summarize(rows, checks, skipped):

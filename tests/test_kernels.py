@@ -140,6 +140,11 @@ def test_torch_backend_and_errors():
     with pytest.raises(ValueError, match="mma kernel serves fp16"):
         _run(KernelConfig("mma", bm=8), x.bfloat16(), pw, 4)
     assert dispatch.choose_config(x.bfloat16(), pw, 4).kind != "mma"  # bf16 takes the other kernels
+    assert dispatch.choose_config(x, pw, 4).kind == "mma"
+    xs = torch.randn(2, 73, generator=torch.Generator().manual_seed(7)).half()[:, 1:]  # rows 2 bytes off
+    assert dispatch.choose_config(xs, pw, 4).kind != "mma"  # the mma entry is set aside for this call only
+    assert dispatch.choose_config(x, pw, 4).kind == "mma"
+    _check(quant_matmul(xs, pw, 4, backend="triton"), xs, w)
 
 
 @pytest.mark.parametrize("cfg", [

@@ -162,10 +162,10 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
 
 
 def mma_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
-    """The warp-level mma kernel: fp16 activations, at most 8 rows, columns in fours and an even
-    row stride (its lanes read activation pairs as 32-bit words)."""
-    return (x2.dtype == torch.float16 and x2.shape[0] <= 8 and pw.k % 8 == 0 and x2.data_ptr() % 4 == 0
-            and (x2.shape[0] == 1 or x2.stride(0) % 2 == 0))
+    """The warp-level mma kernel: fp16 activations, at most 8 rows, rows 16-byte aligned. Its PTX
+    needs Triton to vectorise the activation loads like the code loads (four per lane), which
+    the GPU checks verified for aligned rows; other activations take the other kernels."""
+    return x2.dtype == torch.float16 and x2.shape[0] <= 8 and x2.data_ptr() % 16 == 0 and x2.stride(0) % 8 == 0
 
 
 def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
@@ -173,8 +173,9 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     from .mma import LAM, mma_kernel
 
     if not mma_supported(x2, pw):
-        raise ValueError(f"the mma kernel serves fp16 batches of at most 8 rows with K % 8 == 0, not "
-                         f"{x2.dtype} x {tuple(x2.shape)}; use a 'gemv' or 'gemm' config")
+        raise ValueError(f"the mma kernel serves fp16 batches of at most 8 rows starting at 16-byte aligned "
+                         f"addresses, not {x2.dtype} x {tuple(x2.shape)} (row stride {x2.stride(0)}); pass "
+                         "x.contiguous() with K a multiple of 8, or use a 'gemv' or 'gemm' config")
     grid_n = -(-pw.n // cfg.bn)
     plan, split, ws, cnt, c, _, _, args = _launch(x2, pw, bits, cfg, grid_n)
     mma_kernel[(grid_n, split)](
@@ -237,13 +238,16 @@ def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> K
     name = _device_name(dev)
     key = configs.table_key(name, pw.n, pw.k, m, fmt)
     cfg = configs.recalled(key) or configs.lookup(name, pw.n, pw.k, m, fmt)
-    if cfg is not None and not (cfg.kind == "mma" and not mma_supported(x2, pw)):  # e.g. a misaligned x
+    mma = mma_supported(x2, pw)
+    if cfg is not None and (cfg.kind != "mma" or mma):
         return cfg
+    if cfg is not None:  # an mma entry, but this x is misaligned: serve it without the mma kernel
+        return configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev), False)
     if (configs.autotune_enabled() and dev.type == "cuda" and not interpreting()
             and not torch.cuda.is_current_stream_capturing()):
         cfg = _autotune(x2, pw, bits, bias)
     else:
-        cfg = configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev), mma_supported(x2, pw))
+        cfg = configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev), mma)
     configs.remember(key, cfg)
     return cfg
 

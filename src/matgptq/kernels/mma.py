@@ -1,23 +1,25 @@
 """Tensor-core kernel for decode batches (1 to 8 rows): one warp-level ``mma.sync.m16n8k16`` per
 16 columns, on codes decoded in the registers they were loaded into.
 
-Lane l of a warp loads, for rows r = 16T + l//4 and r + 8 of its row tile T, words
-4*(l%4) .. 4*(l%4)+3 of every chunk (16 bytes per row and chunk, see :mod:`.pack`). After
+Lane 4g + c of a warp loads, for its two rows r0 and r0 + 2 of the row tile (mma rows g and
+g + 8, rows permuted so that the lane's scales sit in one aligned 8-byte load), words
+4c .. 4c+3 of every chunk (16 bytes per row and chunk, see :mod:`.pack`). After
 :func:`.triton_decode.unit_word`, byte lane i of word t' holds the code of column
-16*(8i+u) + 4*(l%4) + t', so for one (i, u) the lane already holds its share of the A fragment
-of an m16n8k16 step (columns 4*(l%4) + {0,1} and {2,3} of both rows), and it loads batch row
-l//4's activations at the same four columns as its B fragment. One byte permute turns two codes
-into the fp16 pair (k*2^-24, k'*2^-24), exact subnormals (8-bit codes take a second permute);
-the mma multiplies and accumulates in fp32, and a second mma with A = 1 gives each batch row's
-sum of x for the zero point: sum w*x = s*(C1 * sum v*x - (C0 + z_b) * sum x) as in the other
-kernels, here with v = k*2^-24. No shared memory, no layout conversion, the packed layout every
-kernel reads, about 1.5 instructions per weight against 4-5 for the CUDA-core kernel.
+16*(8i+u) + 4c + t', so for one (i, u) the lane already holds its share of the A fragment of an
+m16n8k16 step (columns 4c + {0,1} and {2,3} of both rows), and it loads batch row g's
+activations at the same four columns as its B fragment. One byte permute turns two codes into
+the fp16 pair (k*2^-24, k'*2^-24), exact subnormals (8-bit codes take a second permute); the mma
+multiplies and accumulates in fp32, and a second mma with A = 1 gives each batch row's sum of x
+for the zero point: sum w*x = s*(C1 * sum v*x - (C0 + z_b) * sum x) as in the other kernels,
+here with v = k*2^-24. No shared memory, no layout conversion in the k-loop, the packed layout
+every kernel reads; 2.0-2.7 instructions per weight against 4.2-5.1 for the CUDA-core kernel
+(``benchmarks/kernel_sass.py --kernel mma``).
 
-The PTX works on the lanes that hold the elements: the tensors are shaped [tiles, 8, 4,
-4 registers] with linear indices so that Triton gives lane 4g + c element [., g, c, :] (``tests/test_kernel_layout.py`` compiles
-for sm_90 and checks it). Under the Triton interpreter (no inline PTX) the same fragments are
-multiplied with tl ops that follow the PTX fragment layout, so the CPU tests check the data
-movement the GPU relies on.
+The PTX works on the lanes that hold the elements: every operand is a [tiles, 128] tensor read
+contiguously along its 128 elements, so Triton gives lane l elements 4l..4l+3
+(``tests/test_kernel_layout.py`` compiles for sm_90 and checks it). Under the Triton interpreter
+(no inline PTX) the same fragments are multiplied with tl ops that follow the PTX fragment
+layout, so the CPU tests check the data movement the GPU relies on.
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ if triton is not None:
             f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{$4, $5}}, {acc};",
             f"{mma} {{$0, $1, $2, $3}}, {{one, one, one, one}}, {{$6, $7}}, {{e0, e1, e2, e3}};", "}",
         ])
+
+    @triton.jit
+    def _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
+        """Two m16n8k16 steps (units u, u+1) of the codes and of A = 1, added to (d, d1), or
+        from zero when FIRST (a scale group's first steps)."""
+        if FIRST:
+            d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, True), "=f,=f,=f,=f" + ",r" * 20,
+                                          [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.float32, is_pure=True, pack=4)
+            d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
+                                           dtype=tl.float32, is_pure=True, pack=4)
+        else:
+            d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
+                                          [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32, is_pure=True, pack=4)
+            d1 = tl.inline_asm_elementwise(_ones_asm(False), "=f,=f,=f,=f,r,r,r,r,f,f,f,f", [xa, xb, d1],
+                                           dtype=tl.float32, is_pure=True, pack=4)
+        return d, d1
 
     @triton.jit
     def _in_d_layout(p0, p1, RT: tl.constexpr):
@@ -175,18 +193,8 @@ if triton is not None:
                     else:
                         xa = tl.load(X + xoffs + k0, mask=xmask & (k0 + E % 16 < K), other=0.0)
                         xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & (k0 + 16 + E % 16 < K), other=0.0)
-                    if ASM and u % UG == 0:  # the group's first steps start from zero
-                        d = tl.inline_asm_elementwise(_mma_asm(i, B == 8, True), "=f,=f,=f,=f" + ",r" * 20,
-                                                      [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.float32,
-                                                      is_pure=True, pack=4)
-                        d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
-                                                       dtype=tl.float32, is_pure=True, pack=4)
-                    elif ASM:
-                        d = tl.inline_asm_elementwise(_mma_asm(i, B == 8, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
-                                                      [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32,
-                                                      is_pure=True, pack=4)
-                        d1 = tl.inline_asm_elementwise(_ones_asm(False), "=f,=f,=f,=f,r,r,r,r,f,f,f,f", [xa, xb, d1],
-                                                       dtype=tl.float32, is_pure=True, pack=4)
+                    if ASM:
+                        d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
                         d += _step_ref(wa0, wa1, xa, i, RT) + _step_ref(wb0, wb1, xb, i, RT)
                         d1 += _ones_ref(xa, RT) + _ones_ref(xb, RT)

@@ -159,6 +159,16 @@ def load_state(path: Path, fingerprint: str) -> EvoState | None:
     return EvoState(**d)
 
 
+def check_init(budget: Budget, init: Sequence[int]) -> None:
+    """A starting candidate must fit the budget and use only the budget's levels."""
+    if not budget.fits(init):
+        raise ValueError(f"init has {budget.average_bits(init):.4f} bits per weight, over the target "
+                         f"{budget.target:g}; start from a profile made for this target or lower")
+    if any(b not in budget.levels for b in init):
+        raise ValueError(f"init uses widths {sorted(set(init) - set(budget.levels))} outside the levels "
+                         f"{list(budget.levels)}; add them to levels= (--levels) or start from another profile")
+
+
 def evolve(budget: Budget, evaluate: Evaluate, cfg: EvoConfig, *, groups: list[list[int]], pool_size: int,
            seq_len: int, fingerprint: str = "", state_path: str | Path | None = None, resume: bool = True,
            on_candidate: Callable[[Candidate], None] | None = None, stop_after: int | None = None,
@@ -173,9 +183,8 @@ def evolve(budget: Budget, evaluate: Evaluate, cfg: EvoConfig, *, groups: list[l
     plan = stage_sequences(cfg, pool_size, seq_len)
     state_path = Path(state_path) if state_path else None
     state = load_state(state_path, fingerprint) if (state_path and resume) else None
-    if init is not None and not budget.fits(init):
-        raise ValueError(f"the initial candidate has {budget.average_bits(init):.4f} bits per weight, over the "
-                         f"target {budget.target:g}; start from a profile made for this target or lower")
+    if init is not None:
+        check_init(budget, init)
     if state is None:
         first = init if init is not None else initial_candidate(budget, rng_for(cfg.seed, -1))
         state = EvoState(fingerprint, parent=[int(b) for b in first])

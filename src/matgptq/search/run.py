@@ -24,7 +24,7 @@ from .. import __version__
 from ..checkpoint import fingerprint as _fingerprint
 from ..checkpoint import group_overhead_bits, open_checkpoint
 from .budget import Budget, Layer, check_levels, group_layers
-from .evolution import EvoConfig, evolve, rng_for
+from .evolution import EvoConfig, check_init, evolve, rng_for
 from .fitness import KLFitness
 from .greedy import greedy, knapsack, sensitivities
 from .profiles import profile_name, profile_size, store_profile
@@ -148,12 +148,7 @@ def search_bits(
         if missing:
             raise ValueError(f"init map misses layers {missing[:3]}; give a width for every quantized layer")
         init_bits = budget.from_map(imap)
-        if not budget.fits(init_bits):
-            raise ValueError(f"init has {budget.average_bits(init_bits):.4f} bits per weight, over the target "
-                             f"{budget.target:g}; start from a profile made for this target or lower")
-        if any(b not in budget.levels for b in init_bits):
-            raise ValueError(f"init uses widths {sorted(set(init_bits) - set(budget.levels))} outside the levels "
-                             f"{list(budget.levels)}; add them to levels= (--levels) or start from another profile")
+        check_init(budget, init_bits)  # before any model is loaded
     name = str(name) if name else (profile_name(target_bits) if method == "evolution" else
                                    f"{profile_name(target_bits)}-{method}")
     device = _resolve_device(device)
