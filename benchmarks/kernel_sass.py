@@ -3,6 +3,7 @@
     python benchmarks/kernel_sass.py                      # CUDA-core kernel, batch 1, fixed 2/3/4/6/8 bits
     python benchmarks/kernel_sass.py --kernel gemm --batch 16 --layouts fixed,resident
     python benchmarks/kernel_sass.py --kernel mma --bn 64 --warps 4   # tensor-core decode kernel
+    python benchmarks/kernel_sass.py --kernel mma --bn 64 --warps 8 --ku 2   # two k-tiles per program
 
 Compiles the Triton kernel for an H100 target (the installed Triton's bundled ptxas), reads the
 registers and the SASS of the k-tile loop (the outermost backward branch), and prints the
@@ -35,8 +36,9 @@ PTRS = {"X": "*fp16", "Q": "*i32", "S": "*fp16", "Z": "*u8", "OUT": "*fp16", "BI
 FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
-def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1):
-    """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90."""
+def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1):
+    """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
+    the mma kernel's k-tiles loaded together."""
     from matgptq.kernels import gemm, gemv, mma
 
     fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel}[kernel]
@@ -47,7 +49,7 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     c["PRMT"] = bits <= 7
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
     if kernel == "mma":
-        c |= dict(RT=bn // 16, ASM=True, NS=stages)
+        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku)
     else:
         c |= dict(BM=bm, BN=bn, NS=1)
         c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="rows of the activation tile (gemm: 16 or more)")
     ap.add_argument("--bn", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--ku", type=int, default=1, help="mma: k-tiles loaded together (one per warp group)")
     ap.add_argument("--bits", default="2,3,4,6,8")
     ap.add_argument("--layouts", default="fixed")
     ap.add_argument("--out", default=None)
@@ -98,15 +101,15 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, {args.kernel} BM={bm} BN={args.bn} warps={args.warps}")
     for layout in args.layouts.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
-            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps))
-            weights = args.bn * KTILE // (32 * args.warps)  # per thread and k-tile
+            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, ku=args.ku))
+            weights = args.bn * KTILE * args.ku // (32 * args.warps)  # per thread and k-tile
             per_w = {op: round(n / weights, 2) for op, n in ops.most_common(8)}
             total = round(sum(ops.values()) / weights, 2)
             rows.append(dict(layout=layout, bits=bits, registers=regs, per_weight=total, mix=per_w))
             print(f"{layout:8s} {bits}-bit  regs {regs:3d}  {total:5.2f} instructions per weight  {per_w}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(triton=triton.__version__, kernel=args.kernel, bm=bm, bn=args.bn, warps=args.warps,
+            json.dump(dict(triton=triton.__version__, kernel=args.kernel, bm=bm, bn=args.bn, warps=args.warps, ku=args.ku,
                            rows=rows), f, indent=1)
 
 

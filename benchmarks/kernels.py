@@ -19,6 +19,7 @@ Shape convention: N×K = out_features × in_features, so "4096×14336" is out = 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -101,13 +102,14 @@ def check_cases():
     cases = []
     gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
-    mma = lambda bn=64, sk=2, w=4, st=1: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
+    mma = lambda bn=64, sk=2, w=4, st=1, ku=1: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
+                                                    num_stages=st, k_unroll=ku)
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
-                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2)], False))
+                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -115,7 +117,7 @@ def check_cases():
             [gemm(16 if batch <= 16 else 32 if batch <= 32 else 64)] if batch > 1 else [])
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
-        mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1)] if batch <= 8 else []
+        mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4)] if batch <= 8 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -219,6 +221,42 @@ def copy_bandwidth():
     return 2 * a.numel() / (t * 1e-6), t
 
 
+def read_time(nbytes):
+    """µs of the fastest plain streaming read of nbytes (rotating copies, like the kernels): the
+    speed of light for a kernel that must read those bytes once, launch and ramp-up included."""
+    import triton
+
+    if DEV != "cuda":
+        return None
+    n = nbytes // 4
+    bufs = [torch.randint(0, 1 << 30, (n,), device=DEV, dtype=torch.int32) for _ in range(copies_for(nbytes))]
+    best = float("inf")
+    for block, iters, warps in ((512, 16, 4), (1024, 8, 4), (2048, 4, 8)):
+        grid = triton.cdiv(n, block * iters)
+        out = torch.empty(grid * block, device=DEV, dtype=torch.int32)
+        t = graph_time([lambda b=b: _read_kernel()[(grid,)](b, out, n, BLOCK=block, ITERS=iters, num_warps=warps)
+                        for b in bufs])
+        best = min(best, t)
+    return best
+
+
+@functools.lru_cache(maxsize=1)
+def _read_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def read_kernel(X, OUT, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        pid = tl.program_id(0)
+        acc = tl.zeros([BLOCK], dtype=tl.int32)
+        for j in tl.static_range(ITERS):  # every load issued before the first is used
+            offs = (pid * ITERS + j) * BLOCK + tl.arange(0, BLOCK)
+            acc ^= tl.load(X + offs, mask=offs < n, other=0, eviction_policy="evict_first")
+        tl.store(OUT + pid * BLOCK + tl.arange(0, BLOCK), acc)
+
+    return read_kernel
+
+
 def copies_for(nbytes):
     return max(1, min(48, math.ceil(ROTATE_BYTES / max(1, nbytes))))
 
@@ -303,8 +341,10 @@ def main():
                 key = ("deq", bits, layout)
                 cd = dict(kind="cublas")
             else:
-                cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages)
-                key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages)
+                cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
+                          k_unroll=c.k_unroll)
+                key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
+                       c.k_unroll)
             if key in seen:
                 continue
             seen.add(key)
@@ -337,6 +377,7 @@ def main():
 
     fp16_cache = {}
     deq_cache = {}
+    read_cache = {}
     skipped = 0
     for (n, k) in shapes:
         w16 = None
@@ -395,16 +436,21 @@ def main():
                     tdq = deq_cache.get((n, k, bits, m))
                     need = nbytes + 2 * m * k + 2 * m * n
                     gbs = need / (best_t * 1e-6) / 1e9
+                    if m == 1 and need not in read_cache:
+                        read_cache[need] = read_time(need)
+                    t_read = read_cache.get(need) if m == 1 else None
                     row = dict(shape=f"{n}x{k}", out=n, inp=k, bits=bits, layout=layout, rule=args.rule, batch=m,
                                us=round(best_t, 2), bytes=need, GBps=round(gbs, 1),
                                pct_copy=round(100 * gbs * 1e9 / bw, 1), fp16_us=round(t16, 2),
                                speedup_vs_fp16=round(t16 / best_t, 2),
                                deq_cublas_us=None if tdq is None else round(tdq, 2),
-                               config=best.key(), tried=tried, copies=len(copies))
+                               config=best.key(), tried=tried, copies=len(copies),
+                               read_us=None if t_read is None else round(t_read, 2))
                     rows.append(row)
                     print(f"{n:>5}x{k:<5} b{bits} {layout:8s} m{m:<3} {best_t:8.2f} µs {gbs:7.0f} GB/s "
                           f"{row['pct_copy']:5.1f}%  fp16 {t16:8.2f} µs  x{row['speedup_vs_fp16']:5.2f}"
-                          + (f"  deq+cuBLAS {tdq:8.2f} µs" if tdq else "") + f"  [{best.key()}]", flush=True)
+                          + (f"  deq+cuBLAS {tdq:8.2f} µs" if tdq else "")
+                          + (f"  plain read {t_read:6.2f} µs" if t_read else "") + f"  [{best.key()}]", flush=True)
                 del copies, pw0
                 if DEV == "cuda":
                     torch.cuda.empty_cache()
@@ -426,9 +472,7 @@ def main():
                       and r["batch"] == 1), None)
             if r is None:
                 continue
-            cfg = KernelConfig(*[v for v in r["config"].split(":")][:1], **{
-                {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages"}[p.rstrip("0123456789")]:
-                int(p[len(p.rstrip("0123456789")):]) for p in r["config"].split(":")[1:]})
+            cfg = KernelConfig.from_key(r["config"])
             os.environ["MATGPTQ_NO_PRMT"] = "1"
             try:
                 t = graph_time([lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(copies, outs)])
@@ -514,6 +558,10 @@ def summarize(rows, checks, skipped):
     fail1 = [(s, b, p) for s, b, p in a1 if p < (80 if b in (4, 6, 8) else 65)]
     print(f"A1 batch 1 fixed, shapes >= 4096x14336: >=80% at 4/6/8 bits, >=65% at 2/3: "
           f"{'PASS' if a1 and not fail1 else 'FAIL'} ({len(a1)} points, misses: {fail1})")
+    for r in big:
+        if r["batch"] == 1 and r["layout"] == "fixed" and r.get("read_us"):
+            print(f"   {r['shape']:>11} b{r['bits']}: {r['us']:6.2f} µs ({r['pct_copy']:5.1f}%); a plain read of the same "
+                  f"{r['bytes'] / 1e6:.1f} MB takes {r['read_us']:6.2f} µs ({100 * r['read_us'] / r['us']:.0f}% of the kernel's time)")
     le16 = [r for r in rows if r["batch"] <= 16]
     fail2 = [(r["shape"], r["bits"], r["layout"], r["batch"], r["us"], r["fp16_us"]) for r in le16 if r["us"] > r["fp16_us"]]
     print(f"A2a batch <= 16 never slower than fp16 F.linear: {'PASS' if le16 and not fail2 else 'FAIL'} "

@@ -1,7 +1,7 @@
 """One quantized matmul launch to profile under Nsight Compute.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-        -k regex:gemv_kernel|gemm_kernel --launch-skip 3 --launch-count 1 \
+        -k regex:gemv_kernel|gemm_kernel|mma_kernel --launch-skip 3 --launch-count 1 \
         python benchmarks/profile_kernel.py --shape 4096x14336 --bits 2 --batch 1
 
 Packs random master codes (group 128, symmetric), warms the chosen kernel up, then launches it
@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from matgptq.kernels.configs import KernelConfig
 from matgptq.kernels.dispatch import choose_config, run_config
 from matgptq.kernels.pack import pack
 
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--layout", default="fixed", choices=["fixed", "resident"])
     ap.add_argument("--rule", default="nested", choices=["nested", "round"])
+    ap.add_argument("--config", default=None, help="a kernel config key (e.g. mma:bm8:bn64:sk4:w8:s1:ku2); "
+                    "default: what the dispatcher chooses")
     args = ap.parse_args()
     n, k = (int(v) for v in args.shape.split("x"))
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -35,7 +38,7 @@ def main() -> None:
     pw = pack(q, s, z, master_bits=8, slicing=args.rule, group_size=128, layout=args.layout, bits=args.bits)
     x = torch.randn(args.batch, k, device="cuda", dtype=torch.float16)
     out = torch.empty(args.batch, n, device="cuda", dtype=torch.float16)
-    cfg = choose_config(x, pw, args.bits)
+    cfg = KernelConfig.from_key(args.config) if args.config else choose_config(x, pw, args.bits)
     print(f"{args.shape} b{args.bits} {args.layout} batch {args.batch}: {cfg.key()}", flush=True)
     for _ in range(6):
         run_config(cfg, x, pw, args.bits, out, None)

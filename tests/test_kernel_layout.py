@@ -1,5 +1,6 @@
 """The mma kernel's PTX works on the lanes that hold the elements, so Triton must give lane l of
-every warp elements 4l..4l+3 of each [tiles, 128] operand, with no layout conversion inside the
+every warp elements 4l..4l+3 of each [rows, 128] operand (a row: one row tile of one k-tile,
+whole rows per warp), with no layout conversion inside the
 k-loop. Compiled offline for sm_90 (Triton's bundled ptxas, no GPU) in a fresh process: the
 kernels of this test session are interpreted."""
 
@@ -19,14 +20,15 @@ import importlib.util, json, re, sys
 spec = importlib.util.spec_from_file_location("ks", sys.argv[1])
 ks = importlib.util.module_from_spec(spec); spec.loader.exec_module(ks)
 out = []
-for layout, bits, bn, warps, stages in (("fixed", 2, 64, 4, 1), ("resident", 8, 16, 1, 2), ("fixed", 3, 16, 1, 1)):
-    k = ks.compile_sm90("mma", layout, bits, 1, bn, warps, stages)
+for layout, bits, bn, warps, stages, ku in (("fixed", 2, 64, 4, 1, 1), ("resident", 8, 16, 1, 2, 1),
+                                           ("fixed", 3, 16, 1, 1, 1), ("fixed", 4, 64, 8, 1, 2)):
+    k = ks.compile_sm90("mma", layout, bits, 1, bn, warps, stages, ku)
     ttgir = k.asm["ttgir"]
     layouts = dict(re.findall(r"^(#blocked\d*) = #ttg\.blocked<(.*)>$", ttgir, re.M))
     asm = [layouts[m] for m in re.findall(r"tt\.elementwise_inline_asm.*?-> tensor<\d+x128xf32, (#blocked\d*)>", ttgir)]
     start = ttgir.index("scf.for")  # the k-loop (no loop nests inside it)
     loop = ttgir[start:ttgir.index("scf.yield", start)]
-    out.append(dict(case=[layout, bits, bn, warps, stages], asm_layouts=sorted(set(asm)), n_asm=len(asm),
+    out.append(dict(case=[layout, bits, bn, warps, stages, ku], asm_layouts=sorted(set(asm)), n_asm=len(asm),
                     converts_in_loop=loop.count("ttg.convert_layout"), regs=ks.loop_mix(k)[0]))
 print(json.dumps(out))
 """
@@ -44,5 +46,6 @@ def test_mma_operands_sit_in_their_lanes():
         assert len(case["asm_layouts"]) == 1, case
         lay = case["asm_layouts"][0]
         assert "sizePerThread = [1, 4]" in lay and "threadsPerWarp = [1, 32]" in lay, case
+        assert f"warpsPerCTA = [{case['case'][3]}, 1]" in lay, case  # a warp owns whole operand rows
         assert case["converts_in_loop"] == 0, case
         assert case["regs"] <= 255, case

@@ -158,6 +158,9 @@ def test_torch_backend_and_errors():
     KernelConfig("mma", bn=64, bm=8, split_k=2, num_warps=4),
     KernelConfig("mma", bn=16, bm=8, split_k=3, num_warps=1, num_stages=2),
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=1),
+    KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=4, k_unroll=2),
+    KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=2, num_stages=2, k_unroll=2),
+    KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, k_unroll=4),
 ], ids=lambda c: c.key())
 @pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
 def test_launch_variants(cfg, rule, layout, bits):

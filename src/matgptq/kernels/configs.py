@@ -29,9 +29,25 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
+    k_unroll: int = 1  # mma: k-tiles whose codes are loaded together (more bytes in flight per warp)
 
     def key(self) -> str:
-        return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}"
+        ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
+        return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
+
+    @classmethod
+    def from_key(cls, key: str) -> "KernelConfig":
+        """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2", or just "cublas")."""
+        kind, *parts = key.split(":")
+        names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll"}
+        fields = {}
+        for p in parts:
+            name = p.rstrip("0123456789")
+            if name not in names or name == p:
+                raise ValueError(f"unknown part {p!r} in the kernel config key {key!r}; parts are "
+                                 f"{', '.join(n + '<int>' for n in names)}")
+            fields[names[name]] = int(p[len(name):])
+        return cls(kind, **fields)
 
 
 def m_bucket(m: int) -> int:
@@ -89,11 +105,13 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
     its ``num_stages=2`` double-buffers the codes in registers (the next k-tile's loads first)."""
     out = []
     if mma and m <= MMA_MAX_M:
-        for bn, w, targets, stages in ((64, 4, (2, 4, 8), (1, 2)), (16, 1, (4, 8), (1, 2)), (32, 1, (4, 8), (1,))):
+        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4, 8), (1, 2)), (64, 8, 2, (1, 2, 4), (1, 2)),
+                                           (64, 16, 4, (1, 2), (1,)), (16, 1, 1, (4, 8), (1, 2)),
+                                           (16, 2, 2, (2, 4), (1, 2)), (32, 1, 1, (4, 8), (1,))):
             for t in targets:
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
-                                            num_warps=w, num_stages=st))
+                                            num_warps=w, num_stages=st, k_unroll=ku))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

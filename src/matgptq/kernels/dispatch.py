@@ -105,6 +105,7 @@ def _launch(x2: torch.Tensor, pw: PackedWeight, bits: int, cfg: KernelConfig, ti
     plan = pw.read_plan(bits)
     m, n, kt = x2.shape[0], pw.n, pw.k_tiles
     per = -(-kt // max(1, cfg.split_k))
+    per = -(-per // cfg.k_unroll) * cfg.k_unroll  # whole groups of k-tiles loaded together
     split = -(-kt // per)
     ws, cnt = _workspace(x2.device, split * m * n if split > 1 else 0, tiles)
     c = _with_raw(_consts(pw, plan))
@@ -182,7 +183,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
         RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
-        NS=cfg.num_stages, num_warps=cfg.num_warps, num_stages=1, **c,
+        NS=cfg.num_stages, KU=cfg.k_unroll, num_warps=cfg.num_warps, num_stages=1, **c,
     )
     return out
 

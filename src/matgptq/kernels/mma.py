@@ -31,7 +31,7 @@ LAM = float(1 << 24)  # code k = LAM * v for the fp16 subnormal v the permutes m
 if triton is not None:
     import triton.language as tl
 
-    from .triton_decode import finish_tile, load_chunks, unit_word
+    from .triton_decode import finish_tile, issue_here, load_chunks, unit_word
 
     @triton.constexpr_function
     def _mma_asm(i, wide, first):
@@ -125,61 +125,66 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        ASM: tl.constexpr, NS: tl.constexpr,
+        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
-        (split-K); batch rows 0..M-1 (M <= 8) are the mma's eight columns."""
+        (split-K), KU k-tiles loaded together (their loads all in flight before the first is
+        decoded); batch rows 0..M-1 (M <= 8) are the mma's eight columns."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
-        # [tile T, element e]: lane e // 4 of the warp owning tile T holds e = 16g + 4c + j, its
-        # register j (lane 4g + c). Code words and activations are read contiguously in e, so
-        # Triton gives every thread four consecutive elements and lane l the elements 4l..4l+3.
-        T = tl.arange(0, RT)[:, None]
+        R: tl.constexpr = KU * RT
+        # [operand row T, element e]: row T is row tile T % RT of k-tile kt + T // RT; lane e // 4
+        # of the warp owning it holds e = 16g + 4c + j, its register j (lane 4g + c). Code words
+        # and activations are read contiguously in e, so Triton gives every thread four
+        # consecutive elements and lane l the elements 4l..4l+3.
+        T = tl.arange(0, R)[:, None]
+        DK = T // RT  # k-tile of the row, after the first of the KU
         E = tl.arange(0, 128)[None, :]
         Gl = E // 16
         C = (E // 4) % 4
         J = E % 4
         # mma row m of the tile is row 4(m//2 % 4) + m % 2 + 2(m // 8): lane 4g + c owns rows
         # r0 and r0 + 2, and its four aligned scales 4(g//2)..4(g//2)+3 hold both
-        rt = pid_n * (16 * RT) + 16 * T  # first row of the tile
+        rt = pid_n * (16 * RT) + 16 * (T % RT)  # first row of the tile
         r0 = rt + 4 * (Gl // 2) + Gl % 2
-        offs0 = r0 * V + 4 * C + J  # words 4c..4c+3 of row r0 (16 bytes)
-        offs1 = offs0 + 2 * V
         chunk_stride = N * V
-        sofs = rt + 4 * (Gl // 2) + J  # [RT, 128]: rows 4(g//2) + j, 8 aligned bytes per lane
+        offs0 = DK * (CH * chunk_stride) + r0 * V + 4 * C + J  # words 4c..4c+3 of row r0 (16 bytes)
+        offs1 = offs0 + 2 * V
+        sofs = rt + 4 * (Gl // 2) + J  # [R, 128]: rows 4(g//2) + j, 8 aligned bytes per lane
         spar = (tl.arange(0, 32) // 4 % 2)[None, :, None] == 1  # lanes whose rows are odd
-        xoffs = Gl * stride_xm + 4 * C + J + 0 * T  # batch row g, column 4c + j (one copy per tile)
-        xmask = Gl + 0 * T < M
-        orow = r0 + 2 * (J // 2)  # output row and batch row of each result register
-        ocol = 2 * C + J % 2
+        xoffs = Gl * stride_xm + 4 * C + J + DK * KT  # batch row g, column 4c + j of the row's k-tile
+        xmask = Gl < M
         smask = sofs < N
-        acc = tl.zeros([RT, 128], dtype=tl.float32)
-        zero = tl.zeros([RT, 128], dtype=tl.float32)
+        acc = tl.zeros([R, 128], dtype=tl.float32)
+        zero = tl.zeros([R, 128], dtype=tl.float32)
         d = zero
         d1 = zero
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
-        if NS == 2:  # the first k-tile's codes, before the loop
+        if NS == 2:  # the first k-tiles' codes, before the loop
             base = Q + tl.cast(kt0, tl.int64) * (CH * chunk_stride)
-            lim = tl.where(kt0 < kt1, N, 0)  # rows to read: none past the last k-tile
-            p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, r0 < lim, NCH)
-            q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < lim, NCH)
-        for kt in range(kt0, kt1):
-            if NS == 2:  # registers double-buffered: the next k-tile's loads are issued first
+            live = kt0 + DK < kt1  # k-tiles to read: none past the last
+            p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
+            q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
+        for kt in range(kt0, kt1, KU):
+            live = kt + DK < kt1  # [R, 1]: the row's k-tile is in this program's range
+            if NS == 2:  # registers double-buffered: the next k-tiles' loads are issued first
                 a0, a1, a2, a3, a4, a5, a6, a7 = p0, p1, p2, p3, p4, p5, p6, p7
                 b0, b1, b2, b3, b4, b5, b6, b7 = q0, q1, q2, q3, q4, q5, q6, q7
-                base = Q + tl.cast(kt + 1, tl.int64) * (CH * chunk_stride)
-                lim = tl.where(kt + 1 < kt1, N, 0)
-                p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, r0 < lim, NCH)
-                q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < lim, NCH)
+                base = Q + tl.cast(kt + KU, tl.int64) * (CH * chunk_stride)
+                nxt = kt + KU + DK < kt1
+                p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & nxt, NCH)
+                q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & nxt, NCH)
+                if ASM:  # issued here: the compiler would sink them towards their use, the next iteration
+                    kt = issue_here(kt)
             else:
                 base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
-                a0, a1, a2, a3, a4, a5, a6, a7 = load_chunks(base + offs0, chunk_stride, r0 < N, NCH)
-                b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, r0 + 2 < N, NCH)
+                a0, a1, a2, a3, a4, a5, a6, a7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
+                b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
             for i in tl.static_range(4):
                 for u in tl.static_range(0, 8, 2):
-                    k0 = kt * KT + (8 * i + u) * V  # first column of unit u (unit u+1: + 16)
+                    k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
                     wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
                     wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM)
                     wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
@@ -188,25 +193,31 @@ if triton is not None:
                         d = zero
                         d1 = zero
                     if EVEN:
-                        xa = tl.load(X + xoffs + k0, mask=xmask, other=0.0)
-                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask, other=0.0)
+                        xa = tl.load(X + xoffs + k0, mask=xmask & live, other=0.0)
+                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & live, other=0.0)
                     else:
-                        xa = tl.load(X + xoffs + k0, mask=xmask & (k0 + E % 16 < K), other=0.0)
-                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & (k0 + 16 + E % 16 < K), other=0.0)
+                        kx = k0 + DK * KT + E % 16
+                        xa = tl.load(X + xoffs + k0, mask=xmask & live & (kx < K), other=0.0)
+                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & live & (kx + 16 < K), other=0.0)
                     if ASM:
                         d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
-                        d += _step_ref(wa0, wa1, xa, i, RT) + _step_ref(wb0, wb1, xb, i, RT)
-                        d1 += _ones_ref(xa, RT) + _ones_ref(xb, RT)
+                        d += _step_ref(wa0, wa1, xa, i, R) + _step_ref(wb0, wb1, xb, i, R)
+                        d1 += _ones_ref(xa, R) + _ones_ref(xb, R)
                     if (u + 2) % UG == 0:
                         if G == 0:
-                            g = 0
+                            g = DK * 0
                         else:
-                            g = tl.minimum((k0 + (2 - UG) * V) // G, NG - 1)
-                        s = _own_rows(tl.load(S + g * N + sofs, mask=smask, other=0.0), spar, RT).to(tl.float32)
+                            g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
+                        s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
                         if SYM:  # C1 waits to the end
                             acc += s * (d - ((C0 + ZCONST - ZOFF) / C1) * d1)
                         else:
-                            zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask, other=0), spar, RT).to(tl.float32) - ZOFF
+                            zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
                             acc += s * (d - ((C0 + zb) / C1) * d1)
+        if KU > 1:  # the KU k-tiles' partial sums of a row tile sit in the same thread
+            acc = tl.sum(tl.reshape(acc, [KU, RT, 128]), axis=0)
+        T0 = tl.arange(0, RT)[:, None]
+        orow = pid_n * (16 * RT) + 16 * T0 + 4 * (Gl // 2) + Gl % 2 + 2 * (J // 2)  # output row and batch row
+        ocol = 2 * C + J % 2  # of each result register
         finish_tile(acc * C1, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)

@@ -51,6 +51,15 @@ if triton is not None:
         return c0, c1, c2, c3, c4, c5, c6, c7
 
     @triton.jit
+    def issue_here(token):
+        """A warp-level barrier (no wait, no instruction on sm_90) that memory accesses cannot
+        cross: the loads above it are issued before the code below, e.g. the next k-tile's
+        codes ahead of this one's decoding, instead of where the compiler would sink them to.
+        ``token``: any scalar, returned unchanged (GPU only: inline PTX)."""
+        return tl.inline_asm_elementwise("bar.warp.sync -1; mov.b32 $0, $1;", "=r,r", [token], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+
+    @triton.jit
     def _pick(j: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7):
         if j == 0:
             r = c0
