@@ -62,8 +62,8 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1 if kernel == "mma" else stages))
 
 
-def loop_mix(compiled) -> tuple[int, Counter]:
-    """Registers and the opcode counts of the outermost loop (the largest backward-branch body)."""
+def loop_sass(compiled) -> tuple[int, list[str]]:
+    """Registers and the SASS instructions of the outermost loop (the largest backward-branch body)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -79,8 +79,13 @@ def loop_mix(compiled) -> tuple[int, Counter]:
             body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
             if len(body) > len(best):
                 best = body
-    ops = Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in best)
-    return regs, ops
+    return regs, best
+
+
+def loop_mix(compiled) -> tuple[int, Counter]:
+    """Registers and the opcode counts of the outermost loop."""
+    regs, body = loop_sass(compiled)
+    return regs, Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body)
 
 
 def main() -> None:

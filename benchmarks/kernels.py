@@ -12,7 +12,9 @@ Shape convention: N×K = out_features × in_features, so "4096×14336" is out = 
 3. Times, with CUDA graphs (median of replays; the chosen config and the baselines are timed in
    three separate graphs and the median kept), each (shape, bits, layout, batch) against
    torch.nn.functional.linear with fp16 weights and against dequantize + cuBLAS. Every replay
-   cycles through enough weight copies that the weights do not sit in L2.
+   cycles through enough weight copies that the weights do not sit in L2. At batch 1 it also
+   times a plain streaming read of the same bytes (``read_us``): the fastest a kernel that must
+   read them can be.
 4. Prints the table and the acceptance checks, writes JSON (and the tuned table) under --out.
 """
 

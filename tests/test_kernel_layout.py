@@ -1,7 +1,8 @@
 """The mma kernel's PTX works on the lanes that hold the elements, so Triton must give lane l of
 every warp elements 4l..4l+3 of each [rows, 128] operand (a row: one row tile of one k-tile,
 whole rows per warp), with no layout conversion inside the
-k-loop. Compiled offline for sm_90 (Triton's bundled ptxas, no GPU) in a fresh process: the
+k-loop, and the double-buffered loads of the next k-tiles must stay ahead of the current tile's
+mma. Compiled offline for sm_90 (Triton's bundled ptxas, no GPU) in a fresh process: the
 kernels of this test session are interpreted."""
 
 import json
@@ -30,7 +31,12 @@ for layout, bits, bn, warps, stages, ku in (("fixed", 2, 64, 4, 1, 1), ("residen
     loop = ttgir[start:ttgir.index("scf.yield", start)]
     out.append(dict(case=[layout, bits, bn, warps, stages, ku], asm_layouts=sorted(set(asm)), n_asm=len(asm),
                     converts_in_loop=loop.count("ttg.convert_layout"), regs=ks.loop_mix(k)[0]))
-print(json.dumps(out))
+pinned = []
+for bits, bn, warps, ku in ((2, 64, 8, 2), (4, 64, 4, 1), (8, 16, 1, 1)):  # num_stages=2: next k-tiles first
+    body = ks.loop_sass(ks.compile_sm90("mma", "fixed", bits, 1, bn, warps, 2, ku))[1]
+    codes = [i for i, t in enumerate(body) if "LDG" in t and ".128" in t]  # 16-byte code loads
+    pinned.append(dict(case=[bits, bn, warps, ku], codes=codes, first_mma=min(i for i, t in enumerate(body) if "HMMA" in t)))
+print(json.dumps(dict(layouts=out, pinned=pinned)))
 """
 
 
@@ -41,7 +47,8 @@ def test_mma_operands_sit_in_their_lanes():
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("this Triton has no bundled ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
-    for case in json.loads(res.stdout.strip().splitlines()[-1]):
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for case in got["layouts"]:
         assert case["n_asm"] > 0, case
         assert len(case["asm_layouts"]) == 1, case
         lay = case["asm_layouts"][0]
@@ -49,3 +56,7 @@ def test_mma_operands_sit_in_their_lanes():
         assert f"warpsPerCTA = [{case['case'][3]}, 1]" in lay, case  # a warp owns whole operand rows
         assert case["converts_in_loop"] == 0, case
         assert case["regs"] <= 255, case
+    # double-buffering: the warp barrier after the next k-tiles' loads keeps them ahead of this
+    # tile's first mma (without it the compiler sinks them to the end of the loop body)
+    for case in got["pinned"]:
+        assert case["codes"] and max(case["codes"]) < case["first_mma"], case

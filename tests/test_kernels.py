@@ -169,3 +169,21 @@ def test_launch_variants(cfg, rule, layout, bits):
     pw, w = _case(40, 1408, 32, rule, layout, bits, asym=True, seed=bits)
     x = torch.randn(3, 1408, generator=torch.Generator().manual_seed(bits)).half()
     _check(_run(cfg, x, pw, bits), x, w)
+
+
+def test_config_keys_round_trip_and_bad_configs_are_refused():
+    """Every launch the tuner may try and every entry of the shipped table survives key() ->
+    from_key(); a malformed key or an impossible k_unroll is refused with the fix in the message."""
+    from matgptq.kernels import configs
+
+    seen = [c for m in (1, 3, 8, 16, 64) for c in configs.candidates(4096, 28, m, 132, mma=True)]
+    seen += [KernelConfig(**e) for e in configs._table().values()]
+    assert any(c.k_unroll > 1 for c in seen)
+    for c in seen:
+        assert KernelConfig.from_key(c.key()) == c, c
+    with pytest.raises(ValueError, match="unknown part 'x3'.*bm<int>"):
+        KernelConfig.from_key("mma:bm8:x3")
+    with pytest.raises(ValueError, match="use 1, 2, 4 or 8"):
+        KernelConfig("mma", k_unroll=3)
+    with pytest.raises(ValueError, match="only the 'mma' kernel"):
+        KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")

@@ -29,7 +29,14 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
-    k_unroll: int = 1  # mma: k-tiles whose codes are loaded together (more bytes in flight per warp)
+    k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
+
+    def __post_init__(self):
+        if self.k_unroll not in (1, 2, 4, 8):
+            raise ValueError(f"k_unroll={self.k_unroll}; use 1, 2, 4 or 8 (k-tiles per program of the mma kernel)")
+        if self.k_unroll > 1 and self.kind != "mma":
+            raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
+                             "k-tiles per program; use k_unroll=1 or kind='mma'")
 
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""

@@ -52,10 +52,11 @@ if triton is not None:
 
     @triton.jit
     def issue_here(token):
-        """A warp-level barrier (no wait, no instruction on sm_90) that memory accesses cannot
-        cross: the loads above it are issued before the code below, e.g. the next k-tile's
-        codes ahead of this one's decoding, instead of where the compiler would sink them to.
-        ``token``: any scalar, returned unchanged (GPU only: inline PTX)."""
+        """A warp-level barrier (one NOP on sm_90, it waits for nothing) that memory accesses
+        cannot cross: the loads above it are issued before the code below, e.g. the next
+        k-tile's codes ahead of this one's decoding, instead of where the compiler would sink
+        them to (``tests/test_kernel_layout.py`` checks the SASS). ``token``: any scalar,
+        returned unchanged (GPU only: inline PTX)."""
         return tl.inline_asm_elementwise("bar.warp.sync -1; mov.b32 $0, $1;", "=r,r", [token], dtype=tl.int32,
                                          is_pure=False, pack=1)
 
