@@ -344,9 +344,9 @@ def main():
                 cd = dict(kind="cublas")
             else:
                 cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
-                          k_unroll=c.k_unroll)
+                          k_unroll=c.k_unroll, max_regs=c.max_regs)
                 key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
-                       c.k_unroll)
+                       c.k_unroll, c.max_regs)
             if key in seen:
                 continue
             seen.add(key)

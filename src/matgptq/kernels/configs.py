@@ -30,6 +30,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 1
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
+    max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
 
     def __post_init__(self):
         if self.k_unroll not in (1, 2, 4, 8):
@@ -37,16 +38,20 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
+        if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
+            raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
+        ku += f":r{self.max_regs}" if self.max_regs else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
     def from_key(cls, key: str) -> "KernelConfig":
-        """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2", or just "cublas")."""
+        """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
-        names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll"}
+        names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
+                 "r": "max_regs"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -119,6 +124,14 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
                                             num_warps=w, num_stages=st, k_unroll=ku))
+        # capped at 128 registers: 16 warps per SM (two programs of 8 warps, four of 4) where the
+        # compiler's choice (130-170) leaves room for fewer, at the price of a few spills
+        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4), (1, 2)), (64, 8, 2, (1, 2), (1, 2)),
+                                           (16, 1, 1, (4, 8), (2,))):
+            for t in targets:
+                for st in stages:
+                    out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
+                                            num_warps=w, num_stages=st, k_unroll=ku, max_regs=128))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

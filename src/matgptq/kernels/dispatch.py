@@ -114,6 +114,11 @@ def _launch(x2: torch.Tensor, pw: PackedWeight, bits: int, cfg: KernelConfig, ti
     return plan, split, ws, cnt, c, lam, mu, args
 
 
+def _regs(cfg: KernelConfig) -> dict:
+    """The register cap of a launch (Triton's ``maxnreg``), when the config sets one."""
+    return {"maxnreg": cfg.max_regs} if cfg.max_regs else {}
+
+
 def _buffers(x2, pw, out, bias, ws, cnt):
     return (x2, x2.stride(0), pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.scales,
             out, out.stride(0), bias if bias is not None else out, ws, cnt)
@@ -134,7 +139,7 @@ def launch_gemv(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         lam * plan.two_d, lam * mu * plan.two_d, plan.zoff, plan.zconst,
         BM=bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=(bm == m and pw.k % KTILE == 0), HALF2=half2, NS=cfg.num_stages,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_regs(cfg), **c,
     )
     return out
 
@@ -157,7 +162,7 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
         lam, lam * mu, c1, c0, plan.zoff, plan.zconst,
         BM=cfg.bm, BN=cfg.bn, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, CODES=codes, HALF2=half2, NS=cfg.num_stages,
         F32DOT=interpreting() and x2.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **c,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_regs(cfg), **c,
     )
     return out
 
@@ -183,7 +188,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
         RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
-        NS=cfg.num_stages, KU=cfg.k_unroll, num_warps=cfg.num_warps, num_stages=1, **c,
+        NS=cfg.num_stages, KU=cfg.k_unroll, num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
     )
     return out
 

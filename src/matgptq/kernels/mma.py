@@ -153,8 +153,9 @@ if triton is not None:
         offs1 = offs0 + 2 * V
         sofs = rt + 4 * (Gl // 2) + J  # [R, 128]: rows 4(g//2) + j, 8 aligned bytes per lane
         spar = (tl.arange(0, 32) // 4 % 2)[None, :, None] == 1  # lanes whose rows are odd
-        xoffs = Gl * stride_xm + 4 * C + J + DK * KT  # batch row g, column 4c + j of the row's k-tile
-        xmask = Gl < M
+        # batch row g, column 4c + j of a k-tile. Lanes of batch rows g >= M read row M - 1 instead
+        # of masked zeros (no predicated loads, no zeroing): their mma columns are never stored.
+        xoffs = tl.minimum(Gl, M - 1) * stride_xm + 4 * C + J
         smask = sofs < N
         acc = tl.zeros([R, 128], dtype=tl.float32)
         zero = tl.zeros([R, 128], dtype=tl.float32)
@@ -182,6 +183,9 @@ if triton is not None:
                 base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
                 a0, a1, a2, a3, a4, a5, a6, a7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
                 b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
+            # the activations of the row's k-tile; a row past the program's range (KU > 1) reads
+            # this k-tile's instead: finite values, times zero codes and zero scales
+            xk = X + xoffs + (kt + tl.where(live, DK, 0)) * KT
             for i in tl.static_range(4):
                 for u in tl.static_range(0, 8, 2):
                     k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
@@ -192,13 +196,14 @@ if triton is not None:
                     if u % UG == 0:
                         d = zero
                         d1 = zero
+                    ku0 = (8 * i + u) * V  # first column of unit u inside the k-tile
                     if EVEN:
-                        xa = tl.load(X + xoffs + k0, mask=xmask & live, other=0.0)
-                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & live, other=0.0)
+                        xa = tl.load(xk + ku0)
+                        xb = tl.load(xk + (ku0 + 16))
                     else:
                         kx = k0 + DK * KT + E % 16
-                        xa = tl.load(X + xoffs + k0, mask=xmask & live & (kx < K), other=0.0)
-                        xb = tl.load(X + xoffs + (k0 + 16), mask=xmask & live & (kx + 16 < K), other=0.0)
+                        xa = tl.load(xk + ku0, mask=live & (kx < K), other=0.0)
+                        xb = tl.load(xk + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
                     if ASM:
                         d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
