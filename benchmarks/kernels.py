@@ -104,8 +104,8 @@ def check_cases():
     cases = []
     gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
-    mma = lambda bn=64, sk=2, w=4, st=1, ku=1: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
-                                                    num_stages=st, k_unroll=ku)
+    mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
+                                                         num_stages=st, k_unroll=ku, max_regs=r)
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
@@ -119,7 +119,8 @@ def check_cases():
             [gemm(16 if batch <= 16 else 32 if batch <= 32 else 64)] if batch > 1 else [])
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
-        mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4)] if batch <= 8 else []
+        mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 8 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,

@@ -158,6 +158,7 @@ def test_torch_backend_and_errors():
     KernelConfig("mma", bn=64, bm=8, split_k=2, num_warps=4),
     KernelConfig("mma", bn=16, bm=8, split_k=3, num_warps=1, num_stages=2),
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=1),
+    KernelConfig("mma", bn=64, bm=8, split_k=2, num_warps=2, max_regs=128),
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=4, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=2, num_stages=2, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, k_unroll=4),
@@ -178,7 +179,7 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
 
     seen = [c for m in (1, 3, 8, 16, 64) for c in configs.candidates(4096, 28, m, 132, mma=True)]
     seen += [KernelConfig(**e) for e in configs._table().values()]
-    assert any(c.k_unroll > 1 for c in seen)
+    assert any(c.k_unroll > 1 for c in seen) and any(c.max_regs for c in seen)
     for c in seen:
         assert KernelConfig.from_key(c.key()) == c, c
     with pytest.raises(ValueError, match="unknown part 'x3'.*bm<int>"):
@@ -187,3 +188,5 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig("mma", k_unroll=3)
     with pytest.raises(ValueError, match="only the 'mma' kernel"):
         KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")
+    with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
+        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
