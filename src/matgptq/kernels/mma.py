@@ -12,8 +12,12 @@ the fp16 pair (k*2^-24, k'*2^-24), exact subnormals (8-bit codes take a second p
 multiplies and accumulates in fp32, and a second mma with A = 1 gives each batch row's sum of x
 for the zero point: sum w*x = s*(C1 * sum v*x - (C0 + z_b) * sum x) as in the other kernels,
 here with v = k*2^-24. No shared memory, no layout conversion in the k-loop, the packed layout
-every kernel reads; 2.0-2.7 instructions per weight against 4.2-5.1 for the CUDA-core kernel
-(``benchmarks/kernel_sass.py --kernel mma``).
+every kernel reads; 1.9-2.6 instructions per weight against 4.2-5.1 for the CUDA-core kernel
+(``benchmarks/kernel_sass.py --kernel mma``). Lanes of batch rows past M read row M - 1 rather
+than masked zeros, so the activation loads are plain loads with the same addresses in every row
+tile of a warp: with two or more row tiles per warp (bn / 16 > num_warps, k_unroll = 1) the
+compiler loads them and runs the A = 1 mma once for all of them (1.6-2.4 instructions per
+weight at bn=64, num_warps=2).
 
 The PTX works on the lanes that hold the elements: every operand is a [tiles, 128] tensor read
 contiguously along its 128 elements, so Triton gives lane l elements 4l..4l+3
