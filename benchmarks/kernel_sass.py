@@ -49,7 +49,7 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     c["PRMT"] = bits <= 7
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
     if kernel == "mma":
-        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku)
+        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2)
     else:
         c |= dict(BM=bm, BN=bn, NS=1)
         c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)

@@ -120,7 +120,7 @@ def check_cases():
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
-                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 8 else []
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -285,9 +285,12 @@ def main():
     ap.add_argument("--tag", default="h100")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-checks", type=int, default=10 ** 6)
+    ap.add_argument("--check-batches", default=None, help="only the correctness cases of these batch sizes (1,9,16)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
                          "and tuned_TAG.json, and print the table and the acceptance checks")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --summarize: a point measured again in a later run replaces the earlier one")
     ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                     help="no GPU work: speedups of NEW over OLD (two kernels_TAG.json) per batch and, at batch 1, "
                          "per width, and the paired timings of the mma kernel with and without double-buffering")
@@ -295,7 +298,7 @@ def main():
     if args.compare:
         return compare(*args.compare)
     if args.summarize:
-        return merge_runs(args.summarize, args.out, args.tag)
+        return merge_runs(args.summarize, args.out, args.tag, args.replace)
     global DEV
     DEV = args.device
     t_start = time.time()
@@ -334,7 +337,11 @@ def main():
                     plan.append((n, k, bits, layout, m))
 
     # precompile everything in parallel, running the correctness checks on the way
-    jobs = [] if args.no_check else [("check", c) for c in check_cases()[: args.max_checks]]
+    cases = check_cases()
+    if args.check_batches:
+        keep = {int(b) for b in args.check_batches.split(",")}
+        cases = [c for c in cases if c[8] in keep]
+    jobs = [] if args.no_check else [("check", c) for c in cases[: args.max_checks]]
     seen = set()
     for (n, k, bits, layout, m) in plan:
         kt = -(-k // 512)
@@ -491,15 +498,22 @@ def main():
     print(f"total {time.time() - t_start:.0f} s; JSON: {out_json}")
 
 
-def merge_runs(paths, out, tag):
+def merge_runs(paths, out, tag, replace=False):
     runs = [json.load(open(p)) for p in paths]
     merged = dict(runs[0])
-    merged["rows"] = [r for run in runs for r in run["rows"]]
-    points = [(r["shape"], r["bits"], r["layout"], r["batch"]) for r in merged["rows"]]
+    point = lambda r: (r["shape"], r["bits"], r["layout"], r["batch"])  # noqa: E731
+    if replace:  # the last run that measured a point wins
+        last = {point(r): i for i, run in enumerate(runs) for r in run["rows"]}
+        merged["rows"] = [r for i, run in enumerate(runs) for r in run["rows"] if last[point(r)] == i]
+        print(f"--replace: {sum(len(run['rows']) for run in runs) - len(merged['rows'])} points measured again "
+              "in a later run were replaced")
+    else:
+        merged["rows"] = [r for run in runs for r in run["rows"]]
+    points = [point(r) for r in merged["rows"]]
     twice = sorted({p for p in points if points.count(p) > 1})
     if twice:
         raise SystemExit(f"--summarize: {len(twice)} points are in more than one run (first: {twice[0]}); "
-                         "merge runs that split the shapes, not runs that repeat them")
+                         "merge runs that split the shapes, not runs that repeat them (or pass --replace)")
     merged["checks"] = [c for run in runs for c in run["checks"]]
     merged["tuned"] = {k: v for run in runs for k, v in run["tuned"].items()}
     # every row keeps its percentage of the copy bandwidth measured in its own run

@@ -67,21 +67,24 @@ def test_every_width_both_kernels(layout, rule):
         _check(_run(MMA, x8, pw, bits), x8, w)
         x9 = torch.randn(9, 72, generator=g).half()
         _check(_run(GEMM, x9, pw, bits), x9, w)
+        x16 = torch.randn(16, 72, generator=g).half()
+        _check(_run(MMA, x16, pw, bits), x16, w)  # two sets of batch rows on the same codes
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 5, 7, 8, 9, 16, 33])
 def test_every_batch_size_through_dispatch(batch):
-    """Every kernel (the CUDA-core and the mma one up to 8 rows) and the automatic choice (the
-    mma kernel up to 8 fp16 rows, else CUDA cores up to 2, tensor cores above) at batch sizes that
-    are not powers of two; groups of 32, asymmetric zeros, 3 k-tiles split three ways."""
+    """Every kernel (the CUDA-core one up to 8 rows, the mma one up to 16) and the automatic
+    choice (the mma kernel up to 16 fp16 rows, else CUDA cores up to 2, tensor cores above) at
+    batch sizes that are not powers of two; groups of 32, asymmetric zeros, 3 k-tiles split three
+    ways."""
     pw, w = _case(48, 1536, 32, "round", "resident", 3, asym=True, seed=batch)
     x = torch.randn(batch, 1536, generator=torch.Generator().manual_seed(batch)).half()
-    for kind in (["gemv", "mma"] if batch <= 8 else []) + ["gemm"]:
+    for kind in (["gemv"] if batch <= 8 else []) + (["mma"] if batch <= 16 else []) + ["gemm"]:
         cfg = KernelConfig(kind, bn=32, bm=8 if kind == "mma" else 16 if batch <= 16 else 64, split_k=3)
         _check(_run(cfg, x, pw, 3), x, w)
     assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4).kind == ("gemv" if batch <= 2 else "gemm")
     assert dispatch.configs.heuristic(pw.n, pw.k_tiles, batch, 4, mma=True).kind == (
-        "mma" if batch <= 8 else "gemm")
+        "mma" if batch <= 16 else "gemm")
     out = quant_matmul(x.view(batch, 1, 1536), pw, 3, backend="triton")
     assert out.shape == (batch, 1, 48)
     _check(out.view(batch, 48), x, w)
@@ -166,10 +169,12 @@ def test_torch_backend_and_errors():
 @pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
 def test_launch_variants(cfg, rule, layout, bits):
     """Tile, warp and split variants over 3 k-tiles (the last one partial), groups of 32,
-    asymmetric zeros: what the tuner may pick must be as correct as the defaults."""
+    asymmetric zeros: what the tuner may pick must be as correct as the defaults (3 rows; the
+    mma kernel also at 13, its two sets of batch rows)."""
     pw, w = _case(40, 1408, 32, rule, layout, bits, asym=True, seed=bits)
-    x = torch.randn(3, 1408, generator=torch.Generator().manual_seed(bits)).half()
-    _check(_run(cfg, x, pw, bits), x, w)
+    for m in (3, 13) if cfg.kind == "mma" else (3,):
+        x = torch.randn(m, 1408, generator=torch.Generator().manual_seed(bits + m)).half()
+        _check(_run(cfg, x, pw, bits), x, w)
 
 
 def test_config_keys_round_trip_and_bad_configs_are_refused():

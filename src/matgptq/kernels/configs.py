@@ -17,7 +17,7 @@ from pathlib import Path
 TUNED_FILE = Path(__file__).with_name("tuned.json")
 GEMV_MAX_M = 2  # heuristic: CUDA-core kernel up to this batch, tensor cores above (H100 measurements)
 GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batch
-MMA_MAX_M = 8  # the warp-level mma kernel: batch rows are the eight columns of m16n8k16
+MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 
 
@@ -95,7 +95,7 @@ def _split(base_programs: int, k_tiles: int, sms: int, target: float) -> int:
 
 
 def heuristic(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> KernelConfig:
-    """``mma``: the warp-level mma kernel can serve this call (fp16, batch <= 8)."""
+    """``mma``: the warp-level mma kernel can serve this call (fp16, batch <= 16)."""
     if mma and m <= MMA_MAX_M:
         return KernelConfig("mma", bn=64, bm=8, split_k=_split(-(-n // 64), k_tiles, sms, 4), num_warps=4)
     if m <= GEMV_MAX_M:
@@ -113,7 +113,7 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
     """What the autotuner tries (kept small: every distinct tile shape is a compile; more rows
     per thread spill registers on sm90). ``num_stages=3``: the codes of later k-tiles are copied
     into shared memory asynchronously (Triton's pipeliner) while the current one is decoded.
-    ``mma``: also the warp-level mma kernel (fp16, batch <= 8), one to four row tiles per warp
+    ``mma``: also the warp-level mma kernel (fp16, batch <= 16), one to four row tiles per warp
     (the row tiles of one warp share its activation loads and the A = 1 mma: fewer instructions
     per weight, more registers); its ``num_stages=2`` double-buffers the codes in registers (the
     next k-tile's loads first)."""

@@ -1,7 +1,7 @@
 """``quant_matmul(x, packed, bits)``: y = x · Ŵ_bᵀ (+ bias) for any batch, on the best path.
 
 CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
-batches up to 8 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
+batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
 configuration (:mod:`.configs`). Elsewhere: plain torch (dequantize, then matmul).
 """
@@ -168,10 +168,11 @@ def launch_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
 
 
 def mma_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
-    """The warp-level mma kernel: fp16 activations, at most 8 rows, rows 16-byte aligned. Its PTX
+    """The warp-level mma kernel: fp16 activations, at most 16 rows, rows 16-byte aligned. Its PTX
     needs Triton to vectorise the activation loads like the code loads (four per lane), which
     the GPU checks verified for aligned rows; other activations take the other kernels."""
-    return x2.dtype == torch.float16 and x2.shape[0] <= 8 and x2.data_ptr() % 16 == 0 and x2.stride(0) % 8 == 0
+    return (x2.dtype == torch.float16 and x2.shape[0] <= configs.MMA_MAX_M and x2.data_ptr() % 16 == 0
+            and x2.stride(0) % 8 == 0)
 
 
 def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
@@ -179,7 +180,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     from .mma import LAM, mma_kernel
 
     if not mma_supported(x2, pw):
-        raise ValueError(f"the mma kernel serves fp16 batches of at most 8 rows starting at 16-byte aligned "
+        raise ValueError(f"the mma kernel serves fp16 batches of at most {configs.MMA_MAX_M} rows starting at 16-byte aligned "
                          f"addresses, not {x2.dtype} x {tuple(x2.shape)} (row stride {x2.stride(0)}); pass "
                          "x.contiguous() with K a multiple of 8, or use a 'gemv' or 'gemm' config")
     grid_n = -(-pw.n // cfg.bn)
@@ -188,7 +189,8 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
         RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
-        NS=cfg.num_stages, KU=cfg.k_unroll, num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
+        NS=cfg.num_stages, KU=cfg.k_unroll, HB=1 if x2.shape[0] <= 8 else 2,
+        num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
     )
     return out
 

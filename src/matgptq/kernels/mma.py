@@ -1,5 +1,6 @@
-"""Tensor-core kernel for decode batches (1 to 8 rows): one warp-level ``mma.sync.m16n8k16`` per
-16 columns, on codes decoded in the registers they were loaded into.
+"""Tensor-core kernel for decode batches (1 to 16 rows): one warp-level ``mma.sync.m16n8k16`` per
+16 columns and 8 batch rows, on codes decoded in the registers they were loaded into (batches of
+9 to 16 rows run a second mma on the same decoded fragments).
 
 Lane 4g + c of a warp loads, for its two rows r0 and r0 + 2 of the row tile (mma rows g and
 g + 8, rows permuted so that the lane's scales sit in one aligned 8-byte load), words
@@ -38,25 +39,51 @@ if triton is not None:
     from .triton_decode import finish_tile, issue_here, load_chunks, unit_word
 
     @triton.constexpr_function
-    def _mma_asm(i, wide, first):
-        """PTX of two m16n8k16 steps (units u, u+1; byte lane i): operands $0-3 the fp32 result,
-        $4-7 / $8-11 row r / r+8 words of unit u, $12-15 / $16-19 those of unit u+1, $20-21 / $22-23
-        the activations of units u / u+1 (four fp16 in two registers), $24-27 the accumulator
-        (first: none, the steps start from zero)."""
-        i = int(i)
-        lines = ["{", ".reg .b32 a<8>, t<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
-        acc = "{z, z, z, z}" if first else "{$24, $25, $26, $27}"
-        words = (4, 8, 6, 10, 12, 16, 14, 18)  # register n pairs words $w, $w+1
-        for n in range(8):
-            w = words[n]
+    def _decode_lines(i, wide, words):
+        """PTX of the eight A registers a0..a7 of byte lane i: register n pairs words $w, $w+1."""
+        lines = []
+        for n, w in enumerate(words):
             if wide:  # 8-bit codes: gather the two bytes, then interleave zero bytes
                 lines.append(f"prmt.b32 t{n}, ${w}, ${w + 1}, {i | (4 + i) << 4};")
                 lines.append(f"prmt.b32 a{n}, t{n}, 0, {0x4140};")
             else:  # codes < 128: the sign-replicated byte is the zero high byte
                 lines.append(f"prmt.b32 a{n}, ${w}, ${w + 1}, {i | (8 | i) << 4 | (4 + i) << 8 | (12 + i) << 12};")
-        mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
-        lines.append(f"{mma} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$20, $21}}, {acc};")
-        lines.append(f"{mma} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$22, $23}}, {{e0, e1, e2, e3}};")
+        return lines
+
+    MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+    WORDS = (4, 8, 6, 10, 12, 16, 14, 18)  # after four result registers: words of units u, u+1
+
+    @triton.constexpr_function
+    def _mma_asm(i, wide, first):
+        """PTX of two m16n8k16 steps (units u, u+1; byte lane i): operands $0-3 the fp32 result,
+        $4-7 / $8-11 row r / r+8 words of unit u, $12-15 / $16-19 those of unit u+1, $20-21 / $22-23
+        the activations of units u / u+1 (four fp16 in two registers), $24-27 the accumulator
+        (first: none, the steps start from zero)."""
+        lines = ["{", ".reg .b32 a<8>, t<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
+        lines += _decode_lines(int(i), wide, WORDS)
+        acc = "{z, z, z, z}" if first else "{$24, $25, $26, $27}"
+        lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$20, $21}}, {acc};")
+        lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$22, $23}}, {{e0, e1, e2, e3}};")
+        lines.append("}")
+        return "\n".join(lines)
+
+    @triton.constexpr_function
+    def _mma16_asm(i, wide, first):
+        """:func:`_mma_asm` for sixteen batch rows: the same decoded A registers times batch rows
+        0-7 ($20-23) and 8-15 ($24-27). Each of the four results $0-3 (and accumulators $28-31)
+        is a 64-bit pair (rows 0-7, rows 8-15): one result tensor keeps Triton's operand layout."""
+        lines = ["{", ".reg .b32 a<8>, t<8>;", ".reg .f32 e<8>, f<8>, c<8>, z;", "mov.f32 z, 0f00000000;"]
+        lines += _decode_lines(int(i), wide, WORDS)
+        if not first:
+            lines += [f"mov.b64 {{c{n}, c{4 + n}}}, ${28 + n};" for n in range(4)]
+        for h in range(2):
+            acc = "{z, z, z, z}" if first else "{" + ", ".join(f"c{4 * h + n}" for n in range(4)) + "}"
+            e = ", ".join(f"e{4 * h + n}" for n in range(4))
+            f = ", ".join(f"f{4 * h + n}" for n in range(4))
+            x = 20 + 4 * h
+            lines.append(f"{MMA} {{{e}}}, {{a0, a1, a2, a3}}, {{${x}, ${x + 1}}}, {acc};")
+            lines.append(f"{MMA} {{{f}}}, {{a4, a5, a6, a7}}, {{${x + 2}, ${x + 3}}}, {{{e}}};")
+        lines += [f"mov.b64 ${n}, {{f{n}, f{4 + n}}};" for n in range(4)]
         lines.append("}")
         return "\n".join(lines)
 
@@ -72,20 +99,50 @@ if triton is not None:
         ])
 
     @triton.jit
+    def _ones(xa, xb, d1, FIRST: tl.constexpr):
+        """Two m16n8k16 steps of A = 1 (the activation sums), added to d1 or from zero."""
+        if FIRST:
+            d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
+                                           dtype=tl.float32, is_pure=True, pack=4)
+        else:
+            d1 = tl.inline_asm_elementwise(_ones_asm(False), "=f,=f,=f,=f,r,r,r,r,f,f,f,f", [xa, xb, d1],
+                                           dtype=tl.float32, is_pure=True, pack=4)
+        return d1
+
+    @triton.jit
     def _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
         """Two m16n8k16 steps (units u, u+1) of the codes and of A = 1, added to (d, d1), or
         from zero when FIRST (a scale group's first steps)."""
         if FIRST:
             d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, True), "=f,=f,=f,=f" + ",r" * 20,
                                           [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.float32, is_pure=True, pack=4)
-            d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
-                                           dtype=tl.float32, is_pure=True, pack=4)
         else:
             d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
                                           [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32, is_pure=True, pack=4)
-            d1 = tl.inline_asm_elementwise(_ones_asm(False), "=f,=f,=f,=f,r,r,r,r,f,f,f,f", [xa, xb, d1],
-                                           dtype=tl.float32, is_pure=True, pack=4)
-        return d, d1
+        return d, _ones(xa, xb, d1, FIRST)
+
+    @triton.jit
+    def _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
+                I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
+        """:func:`_mma2` for sixteen batch rows: the same A fragments times batch rows 0-7
+        (xa, xb) and 8-15 (xa2, xb2), decoded once; ``dd`` holds both code sums as 64-bit
+        pairs (:func:`_halves` splits them), d1 / d12 the activation sums of each half."""
+        if FIRST:
+            dd = tl.inline_asm_elementwise(_mma16_asm(I, WIDE, True), "=l,=l,=l,=l" + ",r" * 24,
+                                           [wa0, wa1, wb0, wb1, xa, xb, xa2, xb2], dtype=tl.int64,
+                                           is_pure=True, pack=4)
+        else:
+            dd = tl.inline_asm_elementwise(_mma16_asm(I, WIDE, False), "=l,=l,=l,=l" + ",r" * 24 + ",l,l,l,l",
+                                           [wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd], dtype=tl.int64,
+                                           is_pure=True, pack=4)
+        return dd, _ones(xa, xb, d1, FIRST), _ones(xa2, xb2, d12, FIRST)
+
+    @triton.jit
+    def _halves(dd):
+        """The two fp32 code sums (batch rows 0-7, rows 8-15) packed in each 64-bit element."""
+        lo = dd.to(tl.int32).to(tl.float32, bitcast=True)
+        hi = (dd >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        return lo, hi
 
     @triton.jit
     def _in_d_layout(p0, p1, RT: tl.constexpr):
@@ -129,11 +186,12 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1,
+        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
-        decoded); batch rows 0..M-1 (M <= 8) are the mma's eight columns."""
+        decoded); batch rows 0..M-1 (M <= 8 HB) are the eight columns of HB mmas that share the
+        decoded codes (HB = 2: batch rows 8..15 are a second set of columns)."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
@@ -160,11 +218,17 @@ if triton is not None:
         # batch row g, column 4c + j of a k-tile. Lanes of batch rows g >= M read row M - 1 instead
         # of masked zeros (no predicated loads, no zeroing): their mma columns are never stored.
         xoffs = tl.minimum(Gl, M - 1) * stride_xm + 4 * C + J
+        xoffs2 = tl.minimum(Gl + 8, M - 1) * stride_xm + 4 * C + J  # HB = 2: batch row 8 + g
         smask = sofs < N
         acc = tl.zeros([R, 128], dtype=tl.float32)
         zero = tl.zeros([R, 128], dtype=tl.float32)
         d = zero
         d1 = zero
+        acc2 = zero
+        d2 = zero
+        d12 = zero
+        zero64 = tl.zeros([R, 128], dtype=tl.int64)
+        dd = zero64  # HB = 2 on the GPU: both halves' code sums as 64-bit pairs
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
         if NS == 2:  # the first k-tiles' codes, before the loop
@@ -189,7 +253,9 @@ if triton is not None:
                 b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
             # the activations of the row's k-tile; a row past the program's range (KU > 1) reads
             # this k-tile's instead: finite values, times zero codes and zero scales
-            xk = X + xoffs + (kt + tl.where(live, DK, 0)) * KT
+            xkt = (kt + tl.where(live, DK, 0)) * KT
+            xk = X + xoffs + xkt
+            xk2 = X + xoffs2 + xkt
             for i in tl.static_range(4):
                 for u in tl.static_range(0, 8, 2):
                     k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
@@ -200,19 +266,35 @@ if triton is not None:
                     if u % UG == 0:
                         d = zero
                         d1 = zero
+                        d2 = zero
+                        d12 = zero
+                        dd = zero64
                     ku0 = (8 * i + u) * V  # first column of unit u inside the k-tile
                     if EVEN:
                         xa = tl.load(xk + ku0)
                         xb = tl.load(xk + (ku0 + 16))
+                        if HB == 2:
+                            xa2 = tl.load(xk2 + ku0)
+                            xb2 = tl.load(xk2 + (ku0 + 16))
                     else:
                         kx = k0 + DK * KT + E % 16
                         xa = tl.load(xk + ku0, mask=live & (kx < K), other=0.0)
                         xb = tl.load(xk + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
+                        if HB == 2:
+                            xa2 = tl.load(xk2 + ku0, mask=live & (kx < K), other=0.0)
+                            xb2 = tl.load(xk2 + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
                     if ASM:
-                        d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
+                        if HB == 2:
+                            dd, d1, d12 = _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
+                                                  i, B == 8, u % UG == 0)
+                        else:
+                            d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
                         d += _step_ref(wa0, wa1, xa, i, R) + _step_ref(wb0, wb1, xb, i, R)
                         d1 += _ones_ref(xa, R) + _ones_ref(xb, R)
+                        if HB == 2:
+                            d2 += _step_ref(wa0, wa1, xa2, i, R) + _step_ref(wb0, wb1, xb2, i, R)
+                            d12 += _ones_ref(xa2, R) + _ones_ref(xb2, R)
                     if (u + 2) % UG == 0:
                         if G == 0:
                             g = DK * 0
@@ -220,13 +302,24 @@ if triton is not None:
                             g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
                         s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
                         if SYM:  # C1 waits to the end
-                            acc += s * (d - ((C0 + ZCONST - ZOFF) / C1) * d1)
+                            zs = (C0 + ZCONST - ZOFF) / C1
                         else:
                             zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
-                            acc += s * (d - ((C0 + zb) / C1) * d1)
+                            zs = (C0 + zb) / C1
+                        if HB == 2 and ASM:
+                            d, d2 = _halves(dd)
+                        acc += s * (d - zs * d1)
+                        if HB == 2:
+                            acc2 += s * (d2 - zs * d12)
         if KU > 1:  # the KU k-tiles' partial sums of a row tile sit in the same thread
             acc = tl.sum(tl.reshape(acc, [KU, RT, 128]), axis=0)
+            if HB == 2:
+                acc2 = tl.sum(tl.reshape(acc2, [KU, RT, 128]), axis=0)
         T0 = tl.arange(0, RT)[:, None]
         orow = pid_n * (16 * RT) + 16 * T0 + 4 * (Gl // 2) + Gl % 2 + 2 * (J // 2)  # output row and batch row
-        ocol = 2 * C + J % 2  # of each result register
-        finish_tile(acc * C1, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
+        ocol = 2 * C + J % 2 + 0 * orow  # of each result register
+        if HB == 2:  # both sets of batch rows, one store (and one split-K counter) per tile
+            finish_tile(tl.join(acc, acc2) * C1, tl.join(ocol, ocol + 8), tl.join(orow, orow), M, N, OUT, stride_om,
+                        BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
+        else:
+            finish_tile(acc * C1, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
