@@ -120,7 +120,7 @@ def check_cases():
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
-                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(64, 3, 4, 3), mma(32, 2, 1, 3)] if batch <= 16 else []
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,

@@ -162,7 +162,6 @@ def test_torch_backend_and_errors():
     KernelConfig("mma", bn=16, bm=8, split_k=3, num_warps=1, num_stages=2),
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=1),
     KernelConfig("mma", bn=64, bm=8, split_k=2, num_warps=2, max_regs=128),
-    KernelConfig("mma", bn=32, bm=8, split_k=3, num_warps=1, num_stages=3),
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=4, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=2, num_stages=2, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, k_unroll=4),

@@ -116,14 +116,13 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
     ``mma``: also the warp-level mma kernel (fp16, batch <= 16), one to four row tiles per warp
     (the row tiles of one warp share its activation loads and the A = 1 mma: fewer instructions
     per weight, more registers); its ``num_stages=2`` double-buffers the codes in registers (the
-    next k-tile's loads first), ``num_stages=3`` lets Triton's pipeliner copy the next two k-tiles'
-    codes and activations into shared memory (cp.async) instead."""
+    next k-tile's loads first)."""
     out = []
     if mma and m <= MMA_MAX_M:
-        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4, 8), (1, 2, 3)), (64, 8, 2, (1, 2, 4), (1, 2)),
-                                           (64, 16, 4, (1, 2), (1,)), (16, 1, 1, (4, 8), (1, 2, 3)),
-                                           (16, 2, 2, (2, 4), (1, 2)), (32, 1, 1, (4, 8), (1, 3)),
-                                           (64, 2, 1, (2, 4), (1, 3)), (64, 1, 1, (4, 8), (1,))):
+        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4, 8), (1, 2)), (64, 8, 2, (1, 2, 4), (1, 2)),
+                                           (64, 16, 4, (1, 2), (1,)), (16, 1, 1, (4, 8), (1, 2)),
+                                           (16, 2, 2, (2, 4), (1, 2)), (32, 1, 1, (4, 8), (1,)),
+                                           (64, 2, 1, (2, 4), (1,)), (64, 1, 1, (4, 8), (1,))):
             for t in targets:
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),

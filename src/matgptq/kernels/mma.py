@@ -236,7 +236,7 @@ if triton is not None:
             live = kt0 + DK < kt1  # k-tiles to read: none past the last
             p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
             q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
-        for kt in tl.range(kt0, kt1, KU, num_stages=NS if NS >= 3 else 1):  # NS >= 3: Triton pipelines the loads through shared memory
+        for kt in range(kt0, kt1, KU):
             live = kt + DK < kt1  # [R, 1]: the row's k-tile is in this program's range
             if NS == 2:  # registers double-buffered: the next k-tiles' loads are issued first
                 a0, a1, a2, a3, a4, a5, a6, a7 = p0, p1, p2, p3, p4, p5, p6, p7
