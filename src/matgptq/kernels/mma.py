@@ -190,7 +190,7 @@ if triton is not None:
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
-        decoded); batch rows 0..M-1 (M <= 8 HB) are the eight columns of HB mmas that share the
+        decoded); batch rows 0..M-1 (M <= 8 * HB) are the eight columns of HB mmas that share the
         decoded codes (HB = 2: batch rows 8..15 are a second set of columns)."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
