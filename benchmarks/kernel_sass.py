@@ -36,15 +36,17 @@ PTRS = {"X": "*fp16", "Q": "*i32", "S": "*fp16", "Z": "*u8", "OUT": "*fp16", "BI
 FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
-def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1):
+def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1,
+                 rule: str = "round"):
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
-    the mma kernel's k-tiles loaded together."""
+    the mma kernel's k-tiles loaded together; ``rule``: the slicing rule of the packed codes (the
+    resident layout's ``round`` reads one more part than ``nested``)."""
     from matgptq.kernels import gemm, gemv, mma
 
     fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel}[kernel]
     q = torch.zeros(8, 1024, dtype=torch.uint8)
     pw = pack(q, torch.ones(8, 8).half(), torch.full((8, 8), 128, dtype=torch.uint8), master_bits=8,
-              slicing="round", group_size=128, layout=layout, bits=bits)
+              slicing=rule, group_size=128, layout=layout, bits=bits)
     c = _consts(pw, pw.read_plan(bits))
     c["PRMT"] = bits <= 7
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
@@ -97,6 +99,8 @@ def main() -> None:
     ap.add_argument("--ku", type=int, default=1, help="mma: k-tiles loaded together (one per warp group)")
     ap.add_argument("--bits", default="2,3,4,6,8")
     ap.add_argument("--layouts", default="fixed")
+    ap.add_argument("--rule", default="round", choices=["round", "nested"],
+                    help="slicing rule (benchmarks/kernels.py times nested codes)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     bm = 1 << max(0, (args.batch - 1).bit_length())
@@ -106,7 +110,7 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, {args.kernel} BM={bm} BN={args.bn} warps={args.warps}")
     for layout in args.layouts.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
-            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, ku=args.ku))
+            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, ku=args.ku, rule=args.rule))
             weights = args.bn * KTILE * args.ku // (32 * args.warps)  # per thread and k-tile
             per_w = {op: round(n / weights, 2) for op, n in ops.most_common(8)}
             total = round(sum(ops.values()) / weights, 2)
@@ -115,7 +119,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(triton=triton.__version__, kernel=args.kernel, bm=bm, bn=args.bn, warps=args.warps, ku=args.ku,
-                           rows=rows), f, indent=1)
+                           rule=args.rule, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
