@@ -340,6 +340,10 @@ def main():
     cases = check_cases()
     if args.check_batches:
         keep = {int(b) for b in args.check_batches.split(",")}
+        have = sorted({c[8] for c in cases})
+        if not keep <= set(have):
+            raise SystemExit(f"--check-batches {args.check_batches}: no correctness cases for batch "
+                             f"{sorted(keep - set(have))}; choose from {have}")
         cases = [c for c in cases if c[8] in keep]
     jobs = [] if args.no_check else [("check", c) for c in cases[: args.max_checks]]
     seen = set()
@@ -555,6 +559,8 @@ def compare(old_path, new_path):
 
 
 def summarize(rows, checks, skipped):
+    from matgptq.kernels.configs import KernelConfig
+
     print("\n=== table (µs; % of copy bandwidth; speedup vs fp16 F.linear) ===")
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     batches = sorted(set(r["batch"] for r in rows))
@@ -581,13 +587,15 @@ def summarize(rows, checks, skipped):
                   f"{r['bytes'] / 1e6:.1f} MB takes {r['read_us']:6.2f} µs ({100 * r['read_us'] / r['us']:.0f}% of the kernel's time)")
     le16 = [r for r in rows if r["batch"] <= 16]
     fail2 = [(r["shape"], r["bits"], r["layout"], r["batch"], r["us"], r["fp16_us"]) for r in le16 if r["us"] > r["fp16_us"]]
+    sp = [r["fp16_us"] / r["us"] for r in le16]
     print(f"A2a batch <= 16 never slower than fp16 F.linear: {'PASS' if le16 and not fail2 else 'FAIL'} "
-          f"({len(le16)} points, misses: {fail2})")
+          f"({len(le16)} points, {min(sp, default=0):.2f}-{max(sp, default=0):.2f}x its speed, misses: {fail2})")
     ge32 = [r for r in rows if r["batch"] >= 32 and r["deq_cublas_us"]]
     fail3 = [(r["shape"], r["bits"], r["layout"], r["batch"], r["us"], r["deq_cublas_us"]) for r in ge32
              if r["us"] > 1.1 * r["deq_cublas_us"]]
+    worst3 = max((r["us"] / r["deq_cublas_us"] for r in ge32), default=0)
     print(f"A2b batch >= 32 within 10% of dequantize + cuBLAS: {'PASS' if ge32 and not fail3 else 'FAIL'} "
-          f"({len(ge32)} points, misses: {fail3})")
+          f"({len(ge32)} points, at most {worst3:.2f}x its time, misses: {fail3})")
     ratios = []
     for r in rows:
         if r["layout"] != "resident":
@@ -605,6 +613,14 @@ def summarize(rows, checks, skipped):
     print(f"A4 correctness on the GPU, batches {bs}: {'PASS' if checks and not bad else 'FAIL'} "
           f"({len(checks)} kernel runs, max rel err {max((c['rel_err'] for c in checks), default=0):.1e}, "
           f"failed {len(bad)})")
+    # which launches the tuner chose (config keys: see matgptq.kernels.configs.KernelConfig.key)
+    cfgs = [KernelConfig.from_key(r["config"]) for r in rows if r["config"] != "cublas"]
+    shared = [c for c in cfgs if c.kind == "mma" and c.k_unroll == 1 and c.bn // 16 > c.num_warps]
+    print(f"chosen launches: {sum(c.kind == 'mma' for c in cfgs)} mma ({len(shared)} with several row tiles per warp, "
+          f"{sum(c.max_regs > 0 for c in cfgs)} register-capped), {sum(c.kind == 'gemm' for c in cfgs)} gemm, "
+          f"{sum(c.kind == 'gemv' for c in cfgs)} gemv, {len(rows) - len(cfgs)} cublas of {len(rows)} points; "
+          f"batch 16 on mma: {sum(r['config'].startswith('mma') for r in rows if r['batch'] == 16)} of "
+          f"{sum(r['batch'] == 16 for r in rows)}")
     if skipped:
         print(f"NOTE: {skipped} points skipped by --time-limit")
 

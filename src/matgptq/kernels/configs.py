@@ -119,22 +119,19 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
     next k-tile's loads first)."""
     out = []
     if mma and m <= MMA_MAX_M:
-        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4, 8), (1, 2)), (64, 8, 2, (1, 2, 4), (1, 2)),
-                                           (64, 16, 4, (1, 2), (1,)), (16, 1, 1, (4, 8), (1, 2)),
-                                           (16, 2, 2, (2, 4), (1, 2)), (32, 1, 1, (4, 8), (1,)),
-                                           (64, 2, 1, (2, 4), (1,)), (64, 1, 1, (4, 8), (1,))):
+        # (bn, warps, k_unroll, split targets, stages, register cap). The rows capped at 128
+        # registers run 16 warps per SM (two programs of 8 warps, four of 4) where the compiler's
+        # choice (130-170) leaves room for fewer, at the price of a few spills.
+        for bn, w, ku, targets, stages, regs in ((64, 4, 1, (2, 4, 8), (1, 2), 0), (64, 8, 2, (1, 2, 4), (1, 2), 0),
+                                                 (64, 16, 4, (1, 2), (1,), 0), (16, 1, 1, (4, 8), (1, 2), 0),
+                                                 (16, 2, 2, (2, 4), (1, 2), 0), (32, 1, 1, (4, 8), (1,), 0),
+                                                 (64, 2, 1, (2, 4), (1,), 0), (64, 1, 1, (4, 8), (1,), 0),
+                                                 (64, 4, 1, (2, 4), (1, 2), 128), (64, 8, 2, (1, 2), (1, 2), 128),
+                                                 (16, 1, 1, (4, 8), (2,), 128)):
             for t in targets:
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
-                                            num_warps=w, num_stages=st, k_unroll=ku))
-        # capped at 128 registers: 16 warps per SM (two programs of 8 warps, four of 4) where the
-        # compiler's choice (130-170) leaves room for fewer, at the price of a few spills
-        for bn, w, ku, targets, stages in ((64, 4, 1, (2, 4), (1, 2)), (64, 8, 2, (1, 2), (1, 2)),
-                                           (16, 1, 1, (4, 8), (2,))):
-            for t in targets:
-                for st in stages:
-                    out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
-                                            num_warps=w, num_stages=st, k_unroll=ku, max_regs=128))
+                                            num_warps=w, num_stages=st, k_unroll=ku, max_regs=regs))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

@@ -317,7 +317,7 @@ if triton is not None:
                 acc2 = tl.sum(tl.reshape(acc2, [KU, RT, 128]), axis=0)
         T0 = tl.arange(0, RT)[:, None]
         orow = pid_n * (16 * RT) + 16 * T0 + 4 * (Gl // 2) + Gl % 2 + 2 * (J // 2)  # output row and batch row
-        ocol = 2 * C + J % 2 + 0 * orow  # of each result register
+        ocol = tl.broadcast_to(2 * C + J % 2, [RT, 128])  # batch row of each result register
         if HB == 2:  # both sets of batch rows, one store (and one split-K counter) per tile
             finish_tile(tl.join(acc, acc2) * C1, tl.join(ocol, ocol + 8), tl.join(orow, orow), M, N, OUT, stride_om,
                         BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS)
