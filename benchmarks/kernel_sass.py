@@ -41,10 +41,9 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
     the mma kernel's k-tiles loaded together; ``rule``: the slicing rule of the packed codes (the
     resident layout's ``round`` reads one more part than ``nested``)."""
-    from matgptq.kernels import gemm, gemv, mma, mma_rows
+    from matgptq.kernels import gemm, gemv, mma
 
-    fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel,
-          "mmar": mma_rows.mma_rows_kernel}[kernel]
+    fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel}[kernel]
     q = torch.zeros(8, 1024, dtype=torch.uint8)
     pw = pack(q, torch.ones(8, 8).half(), torch.full((8, 8), 128, dtype=torch.uint8), master_bits=8,
               slicing=rule, group_size=128, layout=layout, bits=bits)
@@ -53,8 +52,6 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
     if kernel == "mma":
         c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2)
-    elif kernel == "mmar":
-        c |= dict(RT=bn // 16, ASM=True, NS=stages)
     else:
         c |= dict(BM=bm, BN=bn, NS=1)
         c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
@@ -64,7 +61,7 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
              for n in ("X", "stride_xm", "Q", "S", "Z", "OUT", "stride_om", "BIAS", "WS", "CNT", "N", "K")}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in c.items() if k in names},
                     attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1 if kernel.startswith("mma") else stages))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1 if kernel == "mma" else stages))
 
 
 def loop_sass(compiled) -> tuple[int, list[str]]:
@@ -95,9 +92,8 @@ def loop_mix(compiled) -> tuple[int, Counter]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kernel", choices=["gemv", "gemm", "mma", "mmar"], default="gemv",
-                    help="mmar: the mma kernel walking row tiles of one k-tile (its loop is over row tiles)")
-    ap.add_argument("--stages", type=int, default=1, help="mma / mmar: 2 double-buffers the codes in registers")
+    ap.add_argument("--kernel", choices=["gemv", "gemm", "mma"], default="gemv")
+    ap.add_argument("--stages", type=int, default=1, help="mma: 2 double-buffers the codes in registers")
     ap.add_argument("--batch", type=int, default=1, help="rows of the activation tile (gemm: 16 or more)")
     ap.add_argument("--bn", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)

@@ -106,15 +106,12 @@ def check_cases():
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
     mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
                                                          num_stages=st, k_unroll=ku, max_regs=r)
-    mmar = lambda bn=16, rg=2, w=1, st=1: dict(kind="mmar", bm=8, bn=bn, row_groups=rg, num_warps=w,  # noqa: E731
-                                               num_stages=st)
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
-                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4),
-                               mmar(), mmar(16, 3, 1, 2), mmar(64, 1, 4, 2), mmar(32, 5, 2)], False))
+                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -124,12 +121,11 @@ def check_cases():
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
                  mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 16 else []
-        mcfgs += [mmar(), mmar(16, 7, 1, 2), mmar(32, 3, 2, 2), mmar(64, 4, 4)] if batch <= 8 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
-                  [gemv(32, 5), gemm(16, 32, 5), mma(64, 5), mma(16, 2, 1), mmar(16, 4, 1, 2)], True))
-    cases.append((1000, 1016, 8, "fixed", "round", None, True, "float16", 7, [mma(32, 2, 1), mmar(32, 9, 2, 2)], True))
+                  [gemv(32, 5), gemm(16, 32, 5), mma(64, 5), mma(16, 2, 1)], True))
+    cases.append((1000, 1016, 8, "fixed", "round", None, True, "float16", 7, [mma(32, 2, 1)], True))
     return cases
 
 
@@ -167,7 +163,7 @@ def warm_config(bits, layout, rule, batch, cfgd, dtype_name):
     pw, _ = make_packed(256, 1024, bits, layout, rule, 128)
     x = torch.randn(batch, pw.k, device=DEV).to(getattr(torch, dtype_name))
     out = torch.empty(batch, pw.n, device=DEV, dtype=x.dtype)
-    cfg = KernelConfig(**{**cfgd, **({"row_groups": 2} if cfgd["kind"] == "mmar" else {"split_k": 2})})
+    cfg = KernelConfig(**{**cfgd, "split_k": 2})
     run_config(cfg, x, pw, bits, out, None)
     sync()
 
@@ -283,7 +279,7 @@ def main():
     ap.add_argument("--rule", default="nested", help="slicing rule of the timed weights")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--no-tune", action="store_true", help="use the committed table / heuristic")
-    ap.add_argument("--kinds", default=None, help="tune over these kernels only (e.g. mma,mmar; default: all)")
+    ap.add_argument("--kinds", default=None, help="tune over these kernels only (e.g. mma,gemm; default: all)")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--time-limit", type=float, default=360, help="seconds; later points are skipped")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
@@ -319,9 +315,9 @@ def main():
     bitsl = [int(b) for b in args.bits.split(",")]
     layouts = args.layouts.split(",")
     kinds = None if args.kinds is None else set(args.kinds.split(","))
-    if kinds is not None and not kinds <= {"mma", "mmar", "gemv", "gemm", "cublas"}:
-        raise SystemExit(f"--kinds {args.kinds}: unknown kernel {sorted(kinds - {'mma', 'mmar', 'gemv', 'gemm', 'cublas'})}; "
-                         "choose from mma, mmar, gemv, gemm, cublas")
+    if kinds is not None and not kinds <= {"mma", "gemv", "gemm", "cublas"}:
+        raise SystemExit(f"--kinds {args.kinds}: unknown kernel {sorted(kinds - {'mma', 'gemv', 'gemm', 'cublas'})}; "
+                         "choose from mma, gemv, gemm, cublas")
     dev = torch.device(DEV)
     name = _device_name(dev)
     sms = _sms(dev)
@@ -366,7 +362,7 @@ def main():
                 cd = dict(kind="cublas")
             else:
                 cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
-                          k_unroll=c.k_unroll, max_regs=c.max_regs)  # row_groups: a run-time argument
+                          k_unroll=c.k_unroll, max_regs=c.max_regs)
                 key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
                        c.k_unroll, c.max_regs)
             if key in seen:

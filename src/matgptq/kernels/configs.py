@@ -18,13 +18,12 @@ TUNED_FILE = Path(__file__).with_name("tuned.json")
 GEMV_MAX_M = 2  # heuristic: CUDA-core kernel up to this batch, tensor cores above (H100 measurements)
 GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batch
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
-MMAR_MAX_M = 8  # its row-walking form (:mod:`.mma_rows`): the activations of one k-tile held in registers
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "mma" | "mmar" | "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul); mma: bn = 16 * tiles
+    kind: str  # "mma" | "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul); mma: bn = 16 * tiles
     bn: int = 64
     bm: int = 16
     split_k: int = 1
@@ -32,7 +31,6 @@ class KernelConfig:
     num_stages: int = 1
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
-    row_groups: int = 0  # mmar: programs per k-tile, each walking a run of the row tiles (0: one per SM / k-tiles)
 
     def __post_init__(self):
         if self.k_unroll not in (1, 2, 4, 8):
@@ -40,19 +38,12 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
-        if self.row_groups < 0 or (self.row_groups and self.kind != "mmar"):
-            raise ValueError(f"row_groups={self.row_groups} with kind={self.kind!r}: only the 'mmar' kernel (one k-tile "
-                             "per program, walking row tiles) takes it; use row_groups >= 1 with kind='mmar', else 0")
-        if self.kind == "mmar" and self.split_k != 1:
-            raise ValueError(f"split_k={self.split_k} with kind='mmar': that kernel splits K into its k-tiles itself; "
-                             "use split_k=1 and set row_groups")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
-        ku += f":rg{self.row_groups}" if self.row_groups else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -60,7 +51,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "rg": "row_groups"}
+                 "r": "max_regs"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -141,14 +132,6 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
                                             num_warps=w, num_stages=st, k_unroll=ku, max_regs=regs))
-    if mma and m <= MMAR_MAX_M:
-        # one k-tile per program; warps per SM (w_sm) set how many programs share the row tiles
-        for bn, w, stages in ((16, 1, (1, 2)), (32, 2, (1, 2)), (32, 1, (1,)), (64, 4, (1, 2)), (64, 2, (1,))):
-            tiles = -(-n // bn)
-            for w_sm in (8, 16, 32):
-                groups = max(1, min(tiles, round(w_sm * sms / (k_tiles * w))))
-                for st in stages:
-                    out.append(KernelConfig("mmar", bn=bn, bm=8, num_warps=w, num_stages=st, row_groups=groups))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

@@ -195,31 +195,6 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     return out
 
 
-def launch_mma_rows(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
-                    cfg: KernelConfig) -> torch.Tensor:
-    from .mma import LAM
-    from .mma_rows import mma_rows_kernel
-
-    m = x2.shape[0]
-    if not mma_supported(x2, pw) or m > configs.MMAR_MAX_M:
-        raise ValueError(f"the mmar kernel serves fp16 batches of at most {configs.MMAR_MAX_M} rows starting at 16-byte "
-                         f"aligned addresses, not {x2.dtype} x {tuple(x2.shape)} (row stride {x2.stride(0)}); pass "
-                         "x.contiguous() with K a multiple of 8, or use an 'mma', 'gemv' or 'gemm' config")
-    plan = pw.read_plan(bits)
-    tiles, kt = -(-pw.n // cfg.bn), pw.k_tiles
-    groups = min(tiles, cfg.row_groups or max(1, _sms(x2.device) // kt))
-    per = -(-tiles // groups)
-    ws, cnt = _workspace(x2.device, kt * m * pw.n if kt > 1 else 0, tiles)
-    c = _with_raw(_consts(pw, plan))
-    mma_rows_kernel[(-(-tiles // per), kt)](
-        *_buffers(x2, pw, out, bias, ws, cnt), m, pw.n, pw.k, kt, pw.scales.shape[0], per, tiles,
-        LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
-        RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(), NS=cfg.num_stages,
-        num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
-    )
-    return out
-
-
 def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torch.Tensor | None = None,
                       bn: int = 64) -> torch.Tensor:
     """Ŵ_b [N, K] in storage column order, written by one Triton launch."""
@@ -261,8 +236,6 @@ def run_config(cfg: KernelConfig, x2, pw, bits, out, bias):
         return launch_gemm(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "mma":
         return launch_mma(x2, pw, bits, out, bias, cfg)
-    if cfg.kind == "mmar":
-        return launch_mma_rows(x2, pw, bits, out, bias, cfg)
     return _cublas(x2, pw, bits, out, bias)
 
 
@@ -274,7 +247,7 @@ def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> K
     key = configs.table_key(name, pw.n, pw.k, m, fmt)
     cfg = configs.recalled(key) or configs.lookup(name, pw.n, pw.k, m, fmt)
     mma = mma_supported(x2, pw)
-    if cfg is not None and (cfg.kind not in ("mma", "mmar") or mma):
+    if cfg is not None and (cfg.kind != "mma" or mma):
         return cfg
     if cfg is not None:  # an mma entry, but this x is misaligned: serve it without the mma kernel
         return configs.heuristic(pw.n, pw.k_tiles, m, _sms(dev), False)

@@ -99,7 +99,7 @@ if triton is not None:
         ])
 
     @triton.jit
-    def ones2(xa, xb, d1, FIRST: tl.constexpr):
+    def _ones(xa, xb, d1, FIRST: tl.constexpr):
         """Two m16n8k16 steps of A = 1 (the activation sums), added to d1 or from zero."""
         if FIRST:
             d1 = tl.inline_asm_elementwise(_ones_asm(True), "=f,=f,=f,=f,r,r,r,r", [xa, xb],
@@ -110,21 +110,16 @@ if triton is not None:
         return d1
 
     @triton.jit
-    def codes2(wa0, wa1, wb0, wb1, xa, xb, d, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
-        """Two m16n8k16 steps (units u, u+1) of the codes, added to d, or from zero when FIRST
-        (a scale group's first steps)."""
+    def _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
+        """Two m16n8k16 steps (units u, u+1) of the codes and of A = 1, added to (d, d1), or
+        from zero when FIRST (a scale group's first steps)."""
         if FIRST:
             d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, True), "=f,=f,=f,=f" + ",r" * 20,
                                           [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.float32, is_pure=True, pack=4)
         else:
             d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
                                           [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32, is_pure=True, pack=4)
-        return d
-
-    @triton.jit
-    def _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
-        """:func:`codes2` and the same steps with A = 1, added to (d, d1)."""
-        return codes2(wa0, wa1, wb0, wb1, xa, xb, d, I, WIDE, FIRST), ones2(xa, xb, d1, FIRST)
+        return d, _ones(xa, xb, d1, FIRST)
 
     @triton.jit
     def _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
@@ -140,7 +135,7 @@ if triton is not None:
             dd = tl.inline_asm_elementwise(_mma16_asm(I, WIDE, False), "=l,=l,=l,=l" + ",r" * 24 + ",l,l,l,l",
                                            [wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd], dtype=tl.int64,
                                            is_pure=True, pack=4)
-        return dd, ones2(xa, xb, d1, FIRST), ones2(xa2, xb2, d12, FIRST)
+        return dd, _ones(xa, xb, d1, FIRST), _ones(xa2, xb2, d12, FIRST)
 
     @triton.jit
     def _halves(dd):
@@ -157,7 +152,7 @@ if triton is not None:
         return tl.reshape(tl.permute(p, (0, 1, 2, 4, 3)), [RT, 128])
 
     @triton.jit
-    def step_ref(w0, w1, x, I: tl.constexpr, RT: tl.constexpr):
+    def _step_ref(w0, w1, x, I: tl.constexpr, RT: tl.constexpr):
         """One m16n8k16 step with tl ops (the interpreter): codes of byte lane I of the row-r and
         row-(r+8) words times the activations, in the mma result's layout, times 2^-24."""
         xf = tl.reshape(x.to(tl.float32), [RT, 1, 8, 16])  # [., ., batch g, column 4c + j]
@@ -168,14 +163,14 @@ if triton is not None:
         return _in_d_layout(p0, p1, RT) * (1.0 / 16777216.0)
 
     @triton.jit
-    def ones_ref(x, RT: tl.constexpr):
+    def _ones_ref(x, RT: tl.constexpr):
         """The mma with A = 1: every row gets its batch column's sum of x."""
         xs = tl.sum(tl.reshape(x.to(tl.float32), [RT, 8, 16]), axis=2)  # [., batch]
         xs = tl.broadcast_to(tl.reshape(xs, [RT, 1, 4, 2]), [RT, 8, 4, 2])
         return _in_d_layout(xs, xs, RT)
 
     @triton.jit
-    def own_rows(v, odd, RT: tl.constexpr):
+    def _own_rows(v, odd, RT: tl.constexpr):
         """[RT, 128] values of rows 4(g//2) + j -> those of the lane's rows r0 (registers 0, 1) and
         r0 + 2 (registers 2, 3): a select inside each thread."""
         ev, od = tl.split(tl.reshape(v, [RT, 32, 2, 2]))  # [., lane, h]: rows 2h and 2h + 1
@@ -295,21 +290,21 @@ if triton is not None:
                         else:
                             d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
-                        d += step_ref(wa0, wa1, xa, i, R) + step_ref(wb0, wb1, xb, i, R)
-                        d1 += ones_ref(xa, R) + ones_ref(xb, R)
+                        d += _step_ref(wa0, wa1, xa, i, R) + _step_ref(wb0, wb1, xb, i, R)
+                        d1 += _ones_ref(xa, R) + _ones_ref(xb, R)
                         if HB == 2:
-                            d2 += step_ref(wa0, wa1, xa2, i, R) + step_ref(wb0, wb1, xb2, i, R)
-                            d12 += ones_ref(xa2, R) + ones_ref(xb2, R)
+                            d2 += _step_ref(wa0, wa1, xa2, i, R) + _step_ref(wb0, wb1, xb2, i, R)
+                            d12 += _ones_ref(xa2, R) + _ones_ref(xb2, R)
                     if (u + 2) % UG == 0:
                         if G == 0:
                             g = DK * 0
                         else:
                             g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
-                        s = own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
+                        s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
                         if SYM:  # C1 waits to the end
                             zs = (C0 + ZCONST - ZOFF) / C1
                         else:
-                            zb = own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
+                            zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
                             zs = (C0 + zb) / C1
                         if HB == 2 and ASM:
                             d, d2 = _halves(dd)
