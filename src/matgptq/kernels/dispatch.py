@@ -54,14 +54,14 @@ def _consts(pw: PackedWeight, plan: ReadPlan) -> dict:
         NCH=offs[-1] + int(plan.round_part), CH=pw.code_bits, SYM=pw.zeros is None,
         PRMT=use_prmt(plan.bits),
         UG=8 if not pw.group_size else min(8, pw.group_size // V),  # units per scale group
-        ROTM=pw.master_bits if pw.layout == "resident" else 0,  # rotated 1-bit parts
+        ROTM=pw.master_bits if pw.layout == "resident" else 0,  # strided, rotated parts
     ) | dict(RAW=False)
 
 
 def _with_raw(c: dict) -> dict:
     """RAW: a single part read without rounding bit and without byte permutes is decoded
     straight from the packed word."""
-    c["RAW"] = c["NP"] == 1 and c["RND"] == 0 and not c["PRMT"]
+    c["RAW"] = c["NP"] == 1 and c["RND"] == 0 and not c["PRMT"] and c["ROTM"] == 0
     return c
 
 

@@ -31,10 +31,10 @@ if triton is not None:
         affine image of the code, exact in xdt) or, with CODES, the code k itself. HALF2 (fp16 on
         a GPU): one byte permute makes both lanes' 1024 + k at once."""
         if HALF2:
-            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM)
+            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM, True)  # HALF2: a GPU
             lo, hi = tl.split(half2_pair(word, p))
         else:
-            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
+            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)
             lo = _lane_values(word, u, 2 * p, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
             hi = _lane_values(word, u, 2 * p + 1, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
         return lo, hi
@@ -172,7 +172,7 @@ if triton is not None:
         c0, c1, c2, c3, c4, c5, c6, c7 = load_chunks(base + rows[:, None] * V + t[None, :], chunk_stride, qmask, NCH)
         for i in tl.static_range(4):
             for u in tl.static_range(8):
-                word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
+                word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)
                 kf = lane_value(word, i, u, RAW, PW & 15, B, PRMT) * LAM - LMU
                 kk = kt * KT + (8 * i + u) * V + t
                 if G == 0:

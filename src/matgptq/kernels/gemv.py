@@ -46,14 +46,14 @@ if triton is not None:
             for i in tl.static_range(4):
                 for u in tl.static_range(8):
                     if HALF2:  # 8-bit codes: one byte permute gives fp16 1024 + k of two lanes
-                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM)
+                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM, True)  # HALF2: a GPU
                         lo, hi = tl.split(half2_pair(word, i // 2))
                         if i % 2 == 0:
                             v = lo.to(tl.float32)
                         else:
                             v = hi.to(tl.float32)
                     else:
-                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM)
+                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)
                         v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
                     kk = kt * KT + (8 * i + u) * V + t3
                     if EVEN:

@@ -259,10 +259,10 @@ if triton is not None:
             for i in tl.static_range(4):
                 for u in tl.static_range(0, 8, 2):
                     k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
-                    wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
-                    wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM)
-                    wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM)
-                    wb1 = unit_word(u + 1, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM)
+                    wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
+                    wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
+                    wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
+                    wb1 = unit_word(u + 1, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
                     if u % UG == 0:
                         d = zero
                         d1 = zero

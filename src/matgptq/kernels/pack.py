@@ -8,9 +8,11 @@ parts reads exactly that many bits per weight.
   5=[4,1], 6=[4,2], 7=[4,2,1], 8=[8]: b bits per weight.
 - ``resident``: the master codes, parts [2,1,1,...,1] (M-1 parts). A b-bit read takes the first
   b-1 parts (exactly b bits); the ``round`` rule also reads the next 1-bit part (b+1 bits).
-  1-bit part j (j >= 1) is stored rotated left by M-2-j bits, so that one unit's bits of every
-  part sit (M-b)+u bits above their place in a b-bit code: a kernel masks each part once, ors
-  them and rotates the sum once, whatever b (see :func:`resident_rotations`).
+  Its parts are *strided* (unit u of a part of width p in chunk u % p, field u // p) and stored
+  rotated: chunk c of part j left by M-2-j+c bits (:func:`resident_rotations`; M-2+c for the
+  2-bit part), so that one unit's bits of every part sit (M-b)+u bits above their place in a
+  b-bit code: a kernel masks each part once, ors them and rotates the sum once, whatever b:
+  b instructions per four codes.
 
 Storage: ``qweight`` int32 [KT, CH, N, V] with V = 16 words per row and chunk, KT = K/512
 k-tiles (K padded with zero codes) and CH = code_bits chunks per k-tile (a part of width p owns
@@ -47,11 +49,14 @@ def resident_parts(master_bits: int) -> tuple[int, ...]:
 
 
 def resident_rotations(master_bits: int) -> tuple[int, ...]:
-    """Left rotation (bits, of each 32-bit word) of every resident part: 0 for the 2-bit part,
-    M-2-j for 1-bit part j. Bit u of byte lane i of part j then sits at 8i + u + M-2-j, and a
-    b-bit code wants it at 8i + b-2-j: the same right rotation, u + M - b, for every part."""
+    """Left rotation (bits, of each 32-bit word) of the first chunk of every resident part
+    (chunk c of a part: + c): M-p for the first part (p = its width), M-2-j for 1-bit part j.
+    Parts are strided, so unit u of byte lane i of 1-bit part j sits at 8i + u + M-2-j, where a
+    b-bit code wants it at 8i + b-2-j, and the 2-bit part's field of unit u (chunk u % 2, field
+    u // 2) at 8i + u + M-2, where the code's top two bits go at 8i + b-2: the same right
+    rotation, u + M - b, for every part."""
     parts = resident_parts(master_bits)
-    return tuple(0 if j == 0 else master_bits - 2 - j for j in range(len(parts)))
+    return tuple(master_bits - parts[0] if j == 0 else master_bits - 2 - j for j in range(len(parts)))
 
 
 @dataclass
@@ -81,6 +86,11 @@ class PackedWeight:
     @property
     def rotations(self) -> tuple[int, ...] | None:
         return resident_rotations(self.master_bits) if self.layout == "resident" else None
+
+    @property
+    def strided(self) -> bool:
+        """Unit u of a part of width p in chunk u % p (resident) rather than chunk u // (8/p)."""
+        return self.layout == "resident"
 
     @property
     def k_tiles(self) -> int:
@@ -168,9 +178,11 @@ def _rotl(words: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def pack_parts(codes: torch.Tensor, parts: tuple[int, ...], row_block: int = 1024,
-               rotations: tuple[int, ...] | None = None) -> torch.Tensor:
+               rotations: tuple[int, ...] | None = None, strided: bool = False) -> torch.Tensor:
     """[N, K] integer codes of sum(parts) bits -> int32 [KT, sum(parts), N, V] (see module doc);
-    ``rotations``: rotate part j's words left by rotations[j] bits."""
+    ``rotations``: rotate chunk c of part j left by rotations[j] + c bits (c = 0 when not
+    ``strided``: then every chunk of part j by rotations[j]); ``strided``: unit u of a part of
+    width p in chunk u % p at field u // p (else chunk u // (8/p), field u % (8/p))."""
     n, k = codes.shape
     total = sum(parts)
     kt = max(1, -(-k // KTILE))
@@ -189,16 +201,20 @@ def pack_parts(codes: torch.Tensor, parts: tuple[int, ...], row_block: int = 102
             lo -= p
             f = (c >> lo) & ((1 << p) - 1)
             per = 8 // p
-            f = f.view(rows, kt, 4, p, per, V)  # unit = chunk * per + r
+            if strided:  # unit = r * p + chunk
+                f = f.view(rows, kt, 4, per, p, V).transpose(3, 4)
+            else:  # unit = chunk * per + r
+                f = f.view(rows, kt, 4, p, per, V)
             shift = (8 * lanes.view(4, 1, 1, 1) + p * torch.arange(per, device=codes.device).view(1, 1, per, 1))
-            words = _rotl((f << shift).sum(dim=(2, 4)), rot)  # disjoint bit fields: sum == or; [row, kt, p, V]
+            words = (f << shift).sum(dim=(2, 4))  # disjoint bit fields: sum == or; [row, kt, p, V]
+            words = torch.stack([_rotl(words[:, :, c], rot + (c if strided else 0)) for c in range(p)], dim=2)
             out[:, ch:ch + p, r0:r0 + rows] = _to_i32(words).permute(1, 2, 0, 3)
             ch += p
     return out
 
 
 def unpack_parts(qweight: torch.Tensor, parts: tuple[int, ...], n: int, k: int, nparts: int | None = None,
-                 rotations: tuple[int, ...] | None = None) -> torch.Tensor:
+                 rotations: tuple[int, ...] | None = None, strided: bool = False) -> torch.Tensor:
     """Inverse of :func:`pack_parts` for the first ``nparts`` parts: int32 [N, K] codes of
     sum(parts[:nparts]) bits (the MSBs of the stored codes)."""
     nparts = len(parts) if nparts is None else nparts
@@ -212,11 +228,13 @@ def unpack_parts(qweight: torch.Tensor, parts: tuple[int, ...], n: int, k: int, 
     for p, rot in zip(parts[:nparts], rotations):
         lo -= p
         per = 8 // p
-        words = _rotl(q[:, ch:ch + p].permute(2, 0, 1, 3), -rot)  # [N, kt, p, V]
+        words = q[:, ch:ch + p].permute(2, 0, 1, 3)  # [N, kt, p, V]
+        words = torch.stack([_rotl(words[:, :, c], -(rot + (c if strided else 0))) for c in range(p)], dim=2)
         for i in range(4):
             for r in range(per):
                 f = (words >> (8 * i + p * r)) & ((1 << p) - 1)  # [N, kt, p(chunk), V]
-                codes[:, :, i, r::per] |= f << lo
+                units = slice(r * p, (r + 1) * p) if strided else slice(r, None, per)  # of chunks 0..p-1
+                codes[:, :, i, units] |= f << lo
         ch += p
     return codes.view(n, kt * KTILE)[:, :k].to(torch.int32)
 
@@ -245,7 +263,8 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, mast
         bits = None
         parts = resident_parts(master_bits)
         q = codes
-    qweight = pack_parts(q, parts, rotations=resident_rotations(master_bits) if layout == "resident" else None)
+    res = layout == "resident"
+    qweight = pack_parts(q, parts, rotations=resident_rotations(master_bits) if res else None, strided=res)
     z = zeros.to(torch.int32)
     sym = bool((z == (1 << (master_bits - 1))).all())
     zeros_t = None if sym else zeros.to(torch.uint8).t().contiguous()
@@ -259,7 +278,7 @@ def unpack_codes(pw: PackedWeight, bits: int) -> torch.Tensor:
     if pw.layout == "fixed":
         return unpack_parts(pw.qweight, pw.parts, pw.n, pw.k)
     nparts = len(plan.widths) + int(plan.round_part)
-    top = unpack_parts(pw.qweight, pw.parts, pw.n, pw.k, nparts, pw.rotations)
+    top = unpack_parts(pw.qweight, pw.parts, pw.n, pw.k, nparts, pw.rotations, pw.strided)
     width = sum(pw.parts[:nparts])
     if width > bits:  # the round bit (b+1 bits read), or b = 1 inside the 2-bit part
         return slice_codes(top, width, bits, pw.slicing)

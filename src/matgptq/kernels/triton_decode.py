@@ -96,10 +96,32 @@ if triton is not None:
         r = int(r) % 32
         return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF if r else x
 
+    @triton.constexpr_function
+    def _first_mask(u, p0):
+        """Unit u's field of the resident layout's first part (p0 bits wide) in every byte lane."""
+        return ((((1 << int(p0)) - 1) * 0x01010101) << (int(p0) * (int(u) // int(p0)))) & 0xFFFFFFFF
+
+    @triton.constexpr_function
+    def _resident_asm(u, p0, nparts, rotm, b):
+        """PTX of unit u's b-bit codes from the resident parts $1..$nparts (see :func:`unit_word`)."""
+        u, p0, nparts, rotm, b = int(u), int(p0), int(nparts), int(rotm), int(b)
+        lines = ["{", ".reg .b32 t, x;", f"and.b32 t, $1, {_rotl_const(_first_mask(u, p0), rotm - p0 + u % p0):#x};"]
+        for j in range(1, nparts):
+            lines += [f"and.b32 x, ${j + 1}, {_rotl_const(0x01010101 << u, rotm - 2 - j):#x};", "or.b32 t, t, x;"]
+        r = (u + rotm - b) % 32
+        lines += [f"shf.r.wrap.b32 $0, t, t, {r};" if r else "mov.b32 $0, t;", "}"]
+        return "\n".join(lines)
+
     @triton.jit
-    def _rotr(w, r: tl.constexpr):
+    def _rotr(w, r: tl.constexpr, HW: tl.constexpr = False):
+        """w rotated right by r. HW (a GPU): one funnel shift in inline PTX. Written with shifts,
+        the compiler splits the rotation of an or of masked parts by the bits each part can
+        hold and spends an and-or more per word."""
         if r % 32 == 0:
             t = w
+        elif HW:
+            t = tl.inline_asm_elementwise(f"shf.r.wrap.b32 $0, $1, $1, {r % 32};", "=r,r", [w], dtype=tl.uint32,
+                                          is_pure=True, pack=1)
         else:
             t = (w >> (r % 32)) | (w << (32 - r % 32))
         return t
@@ -107,16 +129,34 @@ if triton is not None:
     @triton.jit
     def unit_word(u: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7,
                   PW: tl.constexpr, PO: tl.constexpr, NP: tl.constexpr, RND: tl.constexpr, B: tl.constexpr,
-                  BYTES: tl.constexpr, ROTM: tl.constexpr = 0):
+                  BYTES: tl.constexpr, ROTM: tl.constexpr = 0, HW: tl.constexpr = False):
         """The word holding unit u's codes. With one part, no rounding bit and not BYTES it is
         the raw chunk (fields at 8*i + P*(u % (8/P))); otherwise byte lane i holds the b-bit
         code k at bit 8*i and nothing else.
 
         PW / PO: width / first chunk of part j in bits 4j..4j+3; RND: the chunk after the parts
         holds the round-half-up bit. ROTM > 0: the resident layout of M = ROTM master bits, whose
-        1-bit parts are stored rotated (:func:`..pack.resident_rotations`): each is masked once,
-        and one rotation places them all."""
-        if NP == 1 and RND == 0:
+        parts are strided and stored rotated (:func:`..pack.resident_rotations`): each is masked
+        once, and one rotation places them all (always byte-lane codes). HW: on a GPU (inline PTX)."""
+        if ROTM > 0:
+            P0: tl.constexpr = PW & 15  # unit u of the first part: chunk u % P0, field u // P0, rotated by ROTM - P0 + u % P0
+            if HW:  # one and-or per part and one funnel shift, in this order (the compiler would reorder)
+                parts = (_pick(u % P0, c0, c1, c2, c3, c4, c5, c6, c7),)
+                for j in tl.static_range(1, NP):
+                    parts = parts + (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7),)
+                word = tl.inline_asm_elementwise(_resident_asm(u, P0, NP, ROTM, B), "=r" + ",r" * NP, parts,
+                                                 dtype=tl.uint32, is_pure=True, pack=1)
+            else:
+                t = _pick(u % P0, c0, c1, c2, c3, c4, c5, c6, c7) & _rotl_const(_first_mask(u, P0), ROTM - P0 + u % P0)
+                for j in tl.static_range(1, NP):  # 1-bit part j: rotated by ROTM - 2 - j
+                    t = t | (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7)
+                             & _rotl_const(0x01010101 << u, ROTM - 2 - j))
+                word = _rotr(t, u + ROTM - B)
+            if RND:
+                rb = _rotr(_pick((PO >> (4 * NP)) & 15, c0, c1, c2, c3, c4, c5, c6, c7), u + ROTM - 2 - NP, HW) & 0x01010101
+                word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
+                word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
+        elif NP == 1 and RND == 0:
             P = PW & 15
             word = _pick(u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7)
             if BYTES:
@@ -125,25 +165,13 @@ if triton is not None:
             P0 = PW & 15
             word = _part_bits(_pick(u // (8 // P0), c0, c1, c2, c3, c4, c5, c6, c7),
                               (u % (8 // P0)) * P0, B - P0, P0)
-            if ROTM > 0:
-                if NP > 1:  # mask each part (an and-or each), one rotation places them all
-                    planes = _pick((PO >> 4) & 15, c0, c1, c2, c3, c4, c5, c6, c7) & _rotl_const(0x01010101 << u, ROTM - 3)
-                    for j in tl.static_range(2, NP):
-                        planes = planes | (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7)
-                                           & _rotl_const(0x01010101 << u, ROTM - 2 - j))
-                    word = word | _rotr(planes, u + ROTM - B)
-            else:
-                for j in tl.static_range(1, NP):
-                    P = (PW >> (4 * j)) & 15
-                    OFF = (PO >> (4 * j)) & 15
-                    word = word | _part_bits(_pick(OFF + u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7),
-                                             (u % (8 // P)) * P, B - OFF - P, P)
+            for j in tl.static_range(1, NP):
+                P = (PW >> (4 * j)) & 15
+                OFF = (PO >> (4 * j)) & 15
+                word = word | _part_bits(_pick(OFF + u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7),
+                                         (u % (8 // P)) * P, B - OFF - P, P)
             if RND:
-                OFFR = (PO >> (4 * NP)) & 15
-                if ROTM > 0:
-                    rb = _rotr(_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7), u + ROTM - 2 - NP) & 0x01010101
-                else:
-                    rb = (_pick(OFFR, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
+                rb = (_pick((PO >> (4 * NP)) & 15, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
                 word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
                 word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
         return word
