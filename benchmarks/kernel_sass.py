@@ -37,7 +37,7 @@ FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
 def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1,
-                 rule: str = "round", chains: int = 1):
+                 rule: str = "round"):
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
     the mma kernel's k-tiles loaded together; ``rule``: the slicing rule of the packed codes (the
     resident layout's ``round`` reads one more part than ``nested``)."""
@@ -51,7 +51,7 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     c["PRMT"] = bits <= 7
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
     if kernel == "mma":
-        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2, CHAINS=chains)
+        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2)
     else:
         c |= dict(BM=bm, BN=bn, NS=1)
         c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
@@ -94,7 +94,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernel", choices=["gemv", "gemm", "mma"], default="gemv")
     ap.add_argument("--stages", type=int, default=1, help="mma: 2 double-buffers the codes in registers")
-    ap.add_argument("--chains", type=int, default=1, help="mma: accumulator chains per row tile (batch <= 8)")
     ap.add_argument("--batch", type=int, default=1, help="rows of the activation tile (gemm: 16 or more)")
     ap.add_argument("--bn", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)
@@ -112,8 +111,7 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, {args.kernel} BM={bm} BN={args.bn} warps={args.warps}")
     for layout in args.layouts.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
-            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, args.stages, ku=args.ku, rule=args.rule,
-                                                  chains=args.chains))
+            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, args.stages, ku=args.ku, rule=args.rule))
             weights = args.bn * KTILE * args.ku // (32 * args.warps)  # per thread and k-tile
             per_w = {op: round(n / weights, 2) for op, n in ops.most_common(8)}
             total = round(sum(ops.values()) / weights, 2)

@@ -104,16 +104,14 @@ def check_cases():
     cases = []
     gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
-    mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0, c=1: dict(kind="mma", bm=8, bn=bn, split_k=sk,  # noqa: E731
-                                                              num_warps=w, num_stages=st, k_unroll=ku, max_regs=r,
-                                                              chains=c)
+    mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
+                                                         num_stages=st, k_unroll=ku, max_regs=r)
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
-                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4),
-                               mma(c=2), mma(16, 3, 1, 2, c=2), mma(64, 1, 8, 1, 2, 128, 2)], False))
+                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -123,7 +121,6 @@ def check_cases():
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
                  mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 16 else []
-        mcfgs += [mma(c=2), mma(16, 3, 1, 2, c=2), mma(64, 2, 2, r=128, c=2)] if batch <= 8 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -365,9 +362,9 @@ def main():
                 cd = dict(kind="cublas")
             else:
                 cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
-                          k_unroll=c.k_unroll, max_regs=c.max_regs, chains=c.chains)
+                          k_unroll=c.k_unroll, max_regs=c.max_regs)
                 key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
-                       c.k_unroll, c.max_regs, c.chains)
+                       c.k_unroll, c.max_regs)
             if key in seen:
                 continue
             seen.add(key)

@@ -31,7 +31,6 @@ class KernelConfig:
     num_stages: int = 1
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
-    chains: int = 1  # mma, batch <= 8: accumulators per row tile (2: units u, u+1 in two independent mma chains)
 
     def __post_init__(self):
         if self.k_unroll not in (1, 2, 4, 8):
@@ -39,16 +38,12 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
-        if self.chains not in (1, 2) or (self.chains == 2 and self.kind != "mma"):
-            raise ValueError(f"chains={self.chains} with kind={self.kind!r}; use 1, or 2 with kind='mma' (two "
-                             "accumulator chains per row tile)")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
-        ku += f":c{self.chains}" if self.chains > 1 else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -56,7 +51,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "c": "chains"}
+                 "r": "max_regs"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -135,9 +130,8 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
                                                  (16, 1, 1, (4, 8), (2,), 128)):
             for t in targets:
                 for st in stages:
-                    for ch in (1, 2) if m <= 8 else (1,):
-                        out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
-                                                num_warps=w, num_stages=st, k_unroll=ku, max_regs=regs, chains=ch))
+                    out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),
+                                            num_warps=w, num_stages=st, k_unroll=ku, max_regs=regs))
     if m <= GEMV_TRY_M:
         bm = next_pow2(m)
         for bn, w, targets in ((64, 4, (2, 4, 8)), (64, 2, (4,))):

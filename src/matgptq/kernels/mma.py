@@ -68,23 +68,6 @@ if triton is not None:
         return "\n".join(lines)
 
     @triton.constexpr_function
-    def _mma2c_asm(i, wide, first):
-        """:func:`_mma_asm` with two accumulators: unit u's step adds to the low halves of the
-        64-bit results $0-3 (accumulators $24-27), unit u+1's to the high halves, so the two mmas
-        do not wait for each other (two dependency chains of half the length)."""
-        lines = ["{", ".reg .b32 a<8>, t<8>;", ".reg .f32 e<4>, f<4>, c<8>, z;", "mov.f32 z, 0f00000000;"]
-        lines += _decode_lines(int(i), wide, WORDS)
-        if not first:
-            lines += [f"mov.b64 {{c{n}, c{4 + n}}}, ${24 + n};" for n in range(4)]
-        acc_e = "{z, z, z, z}" if first else "{c0, c1, c2, c3}"
-        acc_f = "{z, z, z, z}" if first else "{c4, c5, c6, c7}"
-        lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$20, $21}}, {acc_e};")
-        lines.append(f"{MMA} {{f0, f1, f2, f3}}, {{a4, a5, a6, a7}}, {{$22, $23}}, {acc_f};")
-        lines += [f"mov.b64 ${n}, {{e{n}, f{n}}};" for n in range(4)]
-        lines.append("}")
-        return "\n".join(lines)
-
-    @triton.constexpr_function
     def _mma16_asm(i, wide, first):
         """:func:`_mma_asm` for sixteen batch rows: the same decoded A registers times batch rows
         0-7 ($20-23) and 8-15 ($24-27). Each of the four results $0-3 (and accumulators $28-31)
@@ -137,18 +120,6 @@ if triton is not None:
             d = tl.inline_asm_elementwise(_mma_asm(I, WIDE, False), "=f,=f,=f,=f" + ",r" * 20 + ",f,f,f,f",
                                           [wa0, wa1, wb0, wb1, xa, xb, d], dtype=tl.float32, is_pure=True, pack=4)
         return d, _ones(xa, xb, d1, FIRST)
-
-    @triton.jit
-    def _mma2c(wa0, wa1, wb0, wb1, xa, xb, dd, d1, I: tl.constexpr, WIDE: tl.constexpr, FIRST: tl.constexpr):
-        """:func:`_mma2` with the code sums of units u and u+1 in two accumulators, the halves of
-        the 64-bit elements of ``dd`` (:func:`_halves` splits them)."""
-        if FIRST:
-            dd = tl.inline_asm_elementwise(_mma2c_asm(I, WIDE, True), "=l,=l,=l,=l" + ",r" * 20,
-                                           [wa0, wa1, wb0, wb1, xa, xb], dtype=tl.int64, is_pure=True, pack=4)
-        else:
-            dd = tl.inline_asm_elementwise(_mma2c_asm(I, WIDE, False), "=l,=l,=l,=l" + ",r" * 20 + ",l,l,l,l",
-                                           [wa0, wa1, wb0, wb1, xa, xb, dd], dtype=tl.int64, is_pure=True, pack=4)
-        return dd, _ones(xa, xb, d1, FIRST)
 
     @triton.jit
     def _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
@@ -215,7 +186,7 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1, CHAINS: tl.constexpr = 1,
+        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
@@ -316,8 +287,6 @@ if triton is not None:
                         if HB == 2:
                             dd, d1, d12 = _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
                                                   i, B == 8, u % UG == 0)
-                        elif CHAINS == 2:
-                            dd, d1 = _mma2c(wa0, wa1, wb0, wb1, xa, xb, dd, d1, i, B == 8, u % UG == 0)
                         else:
                             d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
                     else:
@@ -339,9 +308,6 @@ if triton is not None:
                             zs = (C0 + zb) / C1
                         if HB == 2 and ASM:
                             d, d2 = _halves(dd)
-                        elif CHAINS == 2 and ASM:
-                            d_u, d_v = _halves(dd)
-                            d = d_u + d_v
                         acc += s * (d - zs * d1)
                         if HB == 2:
                             acc2 += s * (d2 - zs * d12)
