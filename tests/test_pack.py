@@ -69,3 +69,56 @@ def test_fixed_layout_serves_only_its_width():
         pw.read_plan(3)
     with pytest.raises(ValueError, match="choose 1..8"):
         pack(q, s, z, master_bits=8, slicing="round", group_size=None, layout="resident").read_plan(9)
+
+
+def _run_ptx(asm: str, args: list[int]) -> int:
+    """Evaluate the straight-line PTX of the resident decode (and / or / mov / shf.r.wrap on b32
+    registers) for one lane: $1.. are ``args``, returns $0."""
+    regs = {f"${j + 1}": a & 0xFFFFFFFF for j, a in enumerate(args)}
+    val = lambda s: regs[s] if s in regs else int(s, 0)  # noqa: E731
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        ops = [o.strip() for o in rest.split(",")]
+        if op == "and.b32":
+            regs[ops[0]] = val(ops[1]) & val(ops[2])
+        elif op == "or.b32":
+            regs[ops[0]] = val(ops[1]) | val(ops[2])
+        elif op == "mov.b32":
+            regs[ops[0]] = val(ops[1])
+        elif op == "shf.r.wrap.b32":  # funnel shift right of (hi:lo) = ($2:$1); a rotation when equal
+            assert ops[1] == ops[2], line
+            w, r = val(ops[1]), val(ops[3]) % 32
+            regs[ops[0]] = ((w >> r) | (w << (32 - r))) & 0xFFFFFFFF
+        else:
+            raise AssertionError(f"unexpected PTX {line!r}")
+    return regs["$0"]
+
+
+@pytest.mark.parametrize("m", [3, 8])
+def test_resident_decode_ptx_gives_the_b_bit_codes(m):
+    """The inline PTX the GPU kernels decode resident codes with (one and-or per part, one funnel
+    shift) yields, for every width b and unit u, byte lane i = the b-bit code of column
+    16*(8i + u) + t: checked by evaluating the PTX on the packed words (the interpreter cannot
+    run inline PTX)."""
+    triton_decode = pytest.importorskip("matgptq.kernels.triton_decode")
+    if triton_decode.triton is None:
+        pytest.skip("no triton")
+    from matgptq.kernels.pack import resident_rotations
+
+    g = torch.Generator().manual_seed(m)
+    codes = torch.randint(0, 1 << m, (2, KTILE), generator=g)
+    parts = resident_parts(m)
+    q = pack_parts(codes, parts, rotations=resident_rotations(m), strided=True)  # [1, CH, 2, V]
+    for b in range(2, m + 1):
+        nparts = b - 1  # the 2-bit part and b - 2 one-bit parts: chunks 0, 1 and 2 .. b - 1
+        for u in range(8):
+            asm = triton_decode._resident_asm(u, parts[0], nparts, m, b)
+            for row in range(2):
+                for t in range(16):
+                    chunks = [int(q[0, u % 2, row, t])] + [int(q[0, 1 + j, row, t]) for j in range(1, nparts)]
+                    word = _run_ptx(asm, chunks)
+                    want = [int(codes[row, 16 * (8 * i + u) + t]) >> (m - b) for i in range(4)]
+                    assert [(word >> (8 * i)) & 0xFF for i in range(4)] == want, (b, u, row, t)
