@@ -37,10 +37,11 @@ FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
 def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1,
-                 rule: str = "round"):
+                 rule: str = "round", max_regs: int = 0):
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
     the mma kernel's k-tiles loaded together; ``rule``: the slicing rule of the packed codes (the
-    resident layout's ``round`` reads one more part than ``nested``)."""
+    resident layout's ``round`` reads one more part than ``nested``); ``max_regs``: the register
+    cap of :class:`~matgptq.kernels.configs.KernelConfig` (0: the compiler's choice)."""
     from matgptq.kernels import gemm, gemv, mma
 
     fn = {"gemv": gemv.gemv_kernel, "gemm": gemm.gemm_kernel, "mma": mma.mma_kernel}[kernel]
@@ -61,7 +62,9 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
              for n in ("X", "stride_xm", "Q", "S", "Z", "OUT", "stride_om", "BIAS", "WS", "CNT", "N", "K")}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in c.items() if k in names},
                     attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1 if kernel == "mma" else stages))
+    options = dict(num_warps=warps, num_stages=1 if kernel == "mma" else stages) | (
+        {"maxnreg": max_regs} if max_regs else {})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def loop_sass(compiled) -> tuple[int, list[str]]:
@@ -102,6 +105,7 @@ def main() -> None:
     ap.add_argument("--layouts", default="fixed")
     ap.add_argument("--rule", default="round", choices=["round", "nested"],
                     help="slicing rule (benchmarks/kernels.py times nested codes)")
+    ap.add_argument("--max-regs", type=int, default=0, help="register cap (Triton's maxnreg; 0: the compiler's choice)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     bm = 1 << max(0, (args.batch - 1).bit_length())
@@ -111,16 +115,20 @@ def main() -> None:
     print(f"triton {triton.__version__}, sm_90, {args.kernel} BM={bm} BN={args.bn} warps={args.warps}")
     for layout in args.layouts.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
-            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, args.stages, ku=args.ku, rule=args.rule))
+            regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, args.stages,
+                                              ku=args.ku, rule=args.rule, max_regs=args.max_regs))
             weights = args.bn * KTILE * args.ku // (32 * args.warps)  # per thread and k-tile
             per_w = {op: round(n / weights, 2) for op, n in ops.most_common(8)}
             total = round(sum(ops.values()) / weights, 2)
-            rows.append(dict(layout=layout, bits=bits, registers=regs, per_weight=total, mix=per_w))
-            print(f"{layout:8s} {bits}-bit  regs {regs:3d}  {total:5.2f} instructions per weight  {per_w}")
+            spills = round((ops["LDL"] + ops["STL"]) / weights, 3)  # local-memory loads and stores
+            rows.append(dict(layout=layout, bits=bits, registers=regs, per_weight=total, spills_per_weight=spills,
+                             mix=per_w))
+            print(f"{layout:8s} {bits}-bit  regs {regs:3d}  {total:5.2f} instructions per weight  "
+                  f"spills {spills:.3f}  {per_w}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(triton=triton.__version__, kernel=args.kernel, bm=bm, bn=args.bn, warps=args.warps, ku=args.ku,
-                           rule=args.rule, rows=rows), f, indent=1)
+                           rule=args.rule, stages=args.stages, max_regs=args.max_regs, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

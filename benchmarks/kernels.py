@@ -293,8 +293,9 @@ def main():
     ap.add_argument("--replace", action="store_true",
                     help="with --summarize: a point measured again in a later run replaces the earlier one")
     ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
-                    help="no GPU work: speedups of NEW over OLD (two kernels_TAG.json) per batch and, at batch 1, "
-                         "per width, and the paired timings of the mma kernel with and without double-buffering")
+                    help="no GPU work: speedups of NEW over OLD (two kernels_TAG.json) per batch, per width at batch 1 "
+                         "and per layout, and in NEW the paired timings of one launch with and without an option "
+                         "(double-buffering, register cap, two accumulator chains)")
     args = ap.parse_args()
     if args.compare:
         return compare(*args.compare)
@@ -315,9 +316,9 @@ def main():
     bitsl = [int(b) for b in args.bits.split(",")]
     layouts = args.layouts.split(",")
     kinds = None if args.kinds is None else set(args.kinds.split(","))
-    if kinds is not None and not kinds <= {"mma", "gemv", "gemm", "cublas"}:
-        raise SystemExit(f"--kinds {args.kinds}: unknown kernel {sorted(kinds - {'mma', 'gemv', 'gemm', 'cublas'})}; "
-                         "choose from mma, gemv, gemm, cublas")
+    if kinds is not None and not kinds <= set(configs.KINDS):
+        raise SystemExit(f"--kinds {args.kinds}: unknown kernel {sorted(kinds - set(configs.KINDS))}; "
+                         f"choose from {', '.join(configs.KINDS)}")
     dev = torch.device(DEV)
     name = _device_name(dev)
     sms = _sms(dev)
@@ -556,12 +557,29 @@ def compare(old_path, new_path):
         print(f"  batch {m:<3}  " + _spread([x for k, x in pairs if k[3] == m]))
     for b in sorted({k[1] for k, _ in pairs}):
         print(f"  batch 1, {b}-bit  " + _spread([x for k, x in pairs if k[3] == 1 and k[1] == b]))
-    # the same mma launch with (s2) and without (s1) the codes double-buffered in registers
-    ratios = [r["tried"][c[:-1] + "1"] / t for r in rows for c, t in r["tried"].items()
-              if c.startswith("mma") and c.endswith(":s2") and isinstance(t, float)
-              and isinstance(r["tried"].get(c[:-1] + "1"), float)]
-    if ratios:
-        print("  mma num_stages=2 vs 1 (s1 µs / s2 µs)  " + _spread(ratios))
+    for lay in sorted({k[2] for k, _ in pairs}):
+        print(f"  {lay:8s}  " + _spread([x for k, x in pairs if k[2] == lay]))
+    # in NEW: the same launch with and without one option (key parts, see KernelConfig.key)
+    for label, part, base in (("mma num_stages=2 vs 1", "s2", "s1"), ("register cap 128 vs none", "r128", None),
+                              ("two accumulator chains vs one (:c2, commit d263051)", "c2", None)):
+        ratios, best = [], []
+        for r in rows:
+            times = {c: t for c, t in r["tried"].items() if isinstance(t, float)}
+            with_, without = [], []
+            for c, t in times.items():
+                keys = c.split(":")
+                if part in keys:
+                    with_.append(t)
+                    other = ":".join(k if k != part else base for k in keys if k != part or base is not None)
+                    if other in times:
+                        ratios.append(times[other] / t)
+                elif base is None or base in keys:
+                    without.append(t)
+            if with_ and without:
+                best.append(min(without) / min(with_))
+        if ratios:
+            print(f"  {label} (µs without / µs with): same launch  " + _spread(ratios))
+            print(f"  {label} (µs without / µs with): best of each per point  " + _spread(best))
 
 
 def summarize(rows, checks, skipped):

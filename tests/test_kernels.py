@@ -179,7 +179,7 @@ def test_launch_variants(cfg, rule, layout, bits):
 
 def test_config_keys_round_trip_and_bad_configs_are_refused():
     """Every launch the tuner may try and every entry of the shipped table survives key() ->
-    from_key(); a malformed key or an impossible k_unroll is refused with the fix in the message."""
+    from_key(); a malformed key, an unknown kernel or an impossible k_unroll is refused with the fix in the message."""
     from matgptq.kernels import configs
 
     seen = [c for m in (1, 3, 8, 16, 64) for c in configs.candidates(4096, 28, m, 132, mma=True)]
@@ -195,3 +195,5 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")
     with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
+    with pytest.raises(ValueError, match="kind='mmx'; use one of mma, gemv, gemm, cublas"):
+        KernelConfig.from_key("mmx:bm8:bn64:sk1:w4:s1")  # before: run_config served it with cuBLAS

@@ -19,6 +19,7 @@ GEMV_MAX_M = 2  # heuristic: CUDA-core kernel up to this batch, tensor cores abo
 GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batch
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
+KINDS = ("mma", "gemv", "gemm", "cublas")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class KernelConfig:
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}; use one of {', '.join(KINDS)}")
         if self.k_unroll not in (1, 2, 4, 8):
             raise ValueError(f"k_unroll={self.k_unroll}; use 1, 2, 4 or 8 (k-tiles per program of the mma kernel)")
         if self.k_unroll > 1 and self.kind != "mma":

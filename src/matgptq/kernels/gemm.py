@@ -34,7 +34,7 @@ if triton is not None:
             word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, True, ROTM, True)  # HALF2: a GPU
             lo, hi = tl.split(half2_pair(word, p))
         else:
-            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)
+            word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)  # HW: PRMT means a GPU
             lo = _lane_values(word, u, 2 * p, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
             hi = _lane_values(word, u, 2 * p + 1, LAM, LMU, PW, B, PRMT, RAW, CODES, xdt)
         return lo, hi

@@ -53,7 +53,7 @@ if triton is not None:
                         else:
                             v = hi.to(tl.float32)
                     else:
-                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)
+                        word = unit_word(u, c0, c1, c2, c3, c4, c5, c6, c7, PW, PO, NP, RND, B, PRMT, ROTM, PRMT)  # HW: PRMT means a GPU
                         v = lane_value(word, i, u, RAW, PW & 15, B, PRMT)
                     kk = kt * KT + (8 * i + u) * V + t3
                     if EVEN:

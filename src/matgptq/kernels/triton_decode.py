@@ -97,20 +97,31 @@ if triton is not None:
         return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF if r else x
 
     @triton.constexpr_function
-    def _first_mask(u, p0):
-        """Unit u's field of the resident layout's first part (p0 bits wide) in every byte lane."""
-        return ((((1 << int(p0)) - 1) * 0x01010101) << (int(p0) * (int(u) // int(p0)))) & 0xFFFFFFFF
+    def _resident_mask(u, j, p0, rotm):
+        """Where unit u's bits of resident part j sit in its stored (strided, rotated) chunk: the
+        first part (p0 bits wide) in chunk u % p0 at field u // p0, rotated left by rotm - p0 + u % p0;
+        1-bit part j >= 1 at bit u, rotated left by rotm - 2 - j (:func:`..pack.resident_rotations`)."""
+        u, j, p0, rotm = int(u), int(j), int(p0), int(rotm)
+        if j == 0:
+            return _rotl_const((((1 << p0) - 1) * 0x01010101) << (p0 * (u // p0)), rotm - p0 + u % p0)
+        return _rotl_const(0x01010101 << u, rotm - 2 - j)
 
     @triton.constexpr_function
     def _resident_asm(u, p0, nparts, rotm, b):
         """PTX of unit u's b-bit codes from the resident parts $1..$nparts (see :func:`unit_word`)."""
-        u, p0, nparts, rotm, b = int(u), int(p0), int(nparts), int(rotm), int(b)
-        lines = ["{", ".reg .b32 t, x;", f"and.b32 t, $1, {_rotl_const(_first_mask(u, p0), rotm - p0 + u % p0):#x};"]
+        u, nparts, rotm, b = int(u), int(nparts), int(rotm), int(b)
+        lines = ["{", ".reg .b32 t, x;", f"and.b32 t, $1, {_resident_mask(u, 0, p0, rotm):#x};"]
         for j in range(1, nparts):
-            lines += [f"and.b32 x, ${j + 1}, {_rotl_const(0x01010101 << u, rotm - 2 - j):#x};", "or.b32 t, t, x;"]
+            lines += [f"and.b32 x, ${j + 1}, {_resident_mask(u, j, p0, rotm):#x};", "or.b32 t, t, x;"]
         r = (u + rotm - b) % 32
         lines += [f"shf.r.wrap.b32 $0, t, t, {r};" if r else "mov.b32 $0, t;", "}"]
         return "\n".join(lines)
+
+    @triton.jit
+    def _add_round_bit(word, rb, B: tl.constexpr):
+        """Byte-lane codes plus their round-half-up bits (rb, 0 or 1 per lane), 2^B saturated to 2^B - 1."""
+        word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
+        return word - ((word >> B) & 0x01010101)
 
     @triton.jit
     def _rotr(w, r: tl.constexpr, HW: tl.constexpr = False):
@@ -139,7 +150,7 @@ if triton is not None:
         parts are strided and stored rotated (:func:`..pack.resident_rotations`): each is masked
         once, and one rotation places them all (always byte-lane codes). HW: on a GPU (inline PTX)."""
         if ROTM > 0:
-            P0: tl.constexpr = PW & 15  # unit u of the first part: chunk u % P0, field u // P0, rotated by ROTM - P0 + u % P0
+            P0: tl.constexpr = PW & 15  # the first part's width (2; 1 when M = 1)
             if HW:  # one and-or per part and one funnel shift, in this order (the compiler would reorder)
                 parts = (_pick(u % P0, c0, c1, c2, c3, c4, c5, c6, c7),)
                 for j in tl.static_range(1, NP):
@@ -147,15 +158,13 @@ if triton is not None:
                 word = tl.inline_asm_elementwise(_resident_asm(u, P0, NP, ROTM, B), "=r" + ",r" * NP, parts,
                                                  dtype=tl.uint32, is_pure=True, pack=1)
             else:
-                t = _pick(u % P0, c0, c1, c2, c3, c4, c5, c6, c7) & _rotl_const(_first_mask(u, P0), ROTM - P0 + u % P0)
-                for j in tl.static_range(1, NP):  # 1-bit part j: rotated by ROTM - 2 - j
-                    t = t | (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7)
-                             & _rotl_const(0x01010101 << u, ROTM - 2 - j))
+                t = _pick(u % P0, c0, c1, c2, c3, c4, c5, c6, c7) & _resident_mask(u, 0, P0, ROTM)
+                for j in tl.static_range(1, NP):
+                    t = t | (_pick((PO >> (4 * j)) & 15, c0, c1, c2, c3, c4, c5, c6, c7) & _resident_mask(u, j, P0, ROTM))
                 word = _rotr(t, u + ROTM - B)
             if RND:
                 rb = _rotr(_pick((PO >> (4 * NP)) & 15, c0, c1, c2, c3, c4, c5, c6, c7), u + ROTM - 2 - NP, HW) & 0x01010101
-                word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
-                word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
+                word = _add_round_bit(word, rb, B)
         elif NP == 1 and RND == 0:
             P = PW & 15
             word = _pick(u // (8 // P), c0, c1, c2, c3, c4, c5, c6, c7)
@@ -172,8 +181,7 @@ if triton is not None:
                                          (u % (8 // P)) * P, B - OFF - P, P)
             if RND:
                 rb = (_pick((PO >> (4 * NP)) & 15, c0, c1, c2, c3, c4, c5, c6, c7) >> u) & 0x01010101
-                word = word + rb  # lanes hold <= 2^B <= 128: no carry between lanes
-                word = word - ((word >> B) & 0x01010101)  # saturate 2^B -> 2^B - 1
+                word = _add_round_bit(word, rb, B)
         return word
 
     @triton.constexpr_function
