@@ -111,7 +111,8 @@ def check_cases():
         for rule in ("round", "nested"):
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
-                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4)], False))
+                              [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4),
+                               mma(16, 2, 1, 3)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -120,7 +121,7 @@ def check_cases():
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
-                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128)] if batch <= 16 else []
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -152,6 +153,22 @@ def _worker(jobs, dev="cuda"):
         except Exception as e:  # reported, not fatal
             out.append(dict(error=(repr(e)[:150] + " ... " + repr(e)[-600:]), job=str(job)[:300]))
     return out
+
+
+def variants(c, spec: str) -> list:
+    """Copies of an mma config with other launch options, for experiments before a change of the
+    tuner's candidates: ``spec`` lists them as key parts ("s3,r128": num_stages=3; max_regs=128)."""
+    from dataclasses import replace
+
+    if c.kind != "mma" or not spec:
+        return []
+    names = {"s": "num_stages", "r": "max_regs"}
+    out = []
+    for v in spec.split(","):
+        if v[:1] not in names or not v[1:].isdigit():
+            raise SystemExit(f"--variants {spec}: bad variant {v!r}; write s<N> (num_stages) or r<N> (max_regs)")
+        out.append(replace(c, **{names[v[0]]: int(v[1:])}))
+    return [o for o in out if o != c]
 
 
 def warm_config(bits, layout, rule, batch, cfgd, dtype_name):
@@ -286,6 +303,8 @@ def main():
     ap.add_argument("--tag", default="h100")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-checks", type=int, default=10 ** 6)
+    ap.add_argument("--variants", default="", help="also time every mma candidate with each of these "
+                    "options (key parts: s3 = num_stages 3, r128 = max_regs 128)")
     ap.add_argument("--check-batches", default=None, help="only the correctness cases of these batch sizes (1,9,16)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
@@ -329,12 +348,13 @@ def main():
     print(json.dumps(env), flush=True)
 
     # the configurations every point will try
-    def point_candidates(n, k, m):
+    def point_candidates(n, k, m, bits):
         kt = -(-k // 512)
         if args.no_tune:
             return None
-        cands = configs.candidates(n, kt, m, sms, mma=True)  # fp16 activations
-        return [c for c in cands if kinds is None or c.kind in kinds]
+        cands = configs.candidates(n, kt, m, sms, mma=True, bits=bits)  # fp16 activations
+        cands = [c for c in cands if kinds is None or c.kind in kinds]
+        return cands + [v for c in cands for v in variants(c, args.variants)]
 
     plan = []
     for (n, k) in shapes:
@@ -356,7 +376,7 @@ def main():
     seen = set()
     for (n, k, bits, layout, m) in plan:
         kt = -(-k // 512)
-        cands = point_candidates(n, k, m) or [configs.lookup(name, n, k, m, "") or configs.heuristic(n, kt, m, sms, mma=True)]
+        cands = point_candidates(n, k, m, bits) or [configs.lookup(name, n, k, m, "") or configs.heuristic(n, kt, m, sms, mma=True)]
         for c in cands:
             if c.kind == "cublas":
                 key = ("deq", bits, layout)
@@ -414,7 +434,7 @@ def main():
                     x = torch.randn(m, k, device=dev, dtype=torch.float16)
                     outs = [torch.empty(m, n, device=dev, dtype=torch.float16) for _ in copies]
                     kt = pw0.k_tiles
-                    cands = point_candidates(n, k, m)
+                    cands = point_candidates(n, k, m, bits)
                     if cands is None:
                         cands = [choose_config(x, pw0, bits)]
                     best, best_t, tried = None, float("inf"), {}

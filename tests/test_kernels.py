@@ -165,6 +165,8 @@ def test_torch_backend_and_errors():
     KernelConfig("mma", bn=32, bm=8, split_k=1, num_warps=4, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=2, num_stages=2, k_unroll=2),
     KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, k_unroll=4),
+    KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, num_stages=3),
+    KernelConfig("mma", bn=32, bm=8, split_k=2, num_warps=2, num_stages=3, k_unroll=2),
 ], ids=lambda c: c.key())
 @pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
 def test_launch_variants(cfg, rule, layout, bits):
@@ -182,9 +184,9 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
     from_key(); a malformed key, an unknown kernel or an impossible k_unroll is refused with the fix in the message."""
     from matgptq.kernels import configs
 
-    seen = [c for m in (1, 3, 8, 16, 64) for c in configs.candidates(4096, 28, m, 132, mma=True)]
+    seen = [c for m in (1, 3, 8, 16, 64) for b in (2, 8) for c in configs.candidates(4096, 28, m, 132, mma=True, bits=b)]
     seen += [KernelConfig(**e) for e in configs._table().values()]
-    assert any(c.k_unroll > 1 for c in seen) and any(c.max_regs for c in seen)
+    assert any(c.k_unroll > 1 for c in seen) and any(c.max_regs for c in seen) and any(c.num_stages == 3 for c in seen)
     for c in seen:
         assert KernelConfig.from_key(c.key()) == c, c
     with pytest.raises(ValueError, match="unknown part 'x3'.*bm<int>"):
@@ -195,5 +197,7 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")
     with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
+    with pytest.raises(ValueError, match="num_stages=4 with kind='mma': use 1 .*, 2 or 3"):
+        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s4")
     with pytest.raises(ValueError, match="kind='mmx'; use one of mma, gemv, gemm, cublas"):
         KernelConfig.from_key("mmx:bm8:bn64:sk1:w4:s1")  # before: run_config served it with cuBLAS

@@ -41,6 +41,9 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
+        if self.kind == "mma" and self.num_stages not in (1, 2, 3):
+            raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
+                             "of the next one or two k-tile steps loaded ahead, in registers)")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
@@ -112,14 +115,15 @@ def heuristic(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> Kern
     return KernelConfig("cublas")
 
 
-def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> list[KernelConfig]:
+def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False, bits: int = 8) -> list[KernelConfig]:
     """What the autotuner tries (kept small: every distinct tile shape is a compile; more rows
     per thread spill registers on sm90). ``num_stages=3``: the codes of later k-tiles are copied
     into shared memory asynchronously (Triton's pipeliner) while the current one is decoded.
     ``mma``: also the warp-level mma kernel (fp16, batch <= 16), one to four row tiles per warp
     (the row tiles of one warp share its activation loads and the A = 1 mma: fewer instructions
     per weight, more registers); its ``num_stages=2`` double-buffers the codes in registers (the
-    next k-tile's loads first)."""
+    next k-tile's loads first), ``num_stages=3`` triple-buffers them (the next two k-tiles' loads
+    in flight), tried at ``bits`` <= 4, where a k-tile's codes take at most 16 registers per row set."""
     out = []
     if mma and m <= MMA_MAX_M:
         # (bn, warps, k_unroll, split targets, stages, register cap). The rows capped at 128
@@ -131,6 +135,8 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> lis
                                                  (64, 2, 1, (2, 4), (1,), 0), (64, 1, 1, (4, 8), (1,), 0),
                                                  (64, 4, 1, (2, 4), (1, 2), 128), (64, 8, 2, (1, 2), (1, 2), 128),
                                                  (16, 1, 1, (4, 8), (2,), 128)):
+            if bits <= 4 and 2 in stages:
+                stages = stages + (3,)
             for t in targets:
                 for st in stages:
                     out.append(KernelConfig("mma", bn=bn, bm=8, split_k=_split(-(-n // bn), k_tiles, sms, t),

@@ -266,7 +266,7 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
     m = x2.shape[0]
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
     best, best_t = None, float("inf")
-    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw)):
+    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits):
         try:
             t = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20, return_mode="median")
         except Exception:  # a candidate that does not compile or fit is skipped

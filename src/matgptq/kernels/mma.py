@@ -191,7 +191,8 @@ if triton is not None:
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
         decoded); batch rows 0..M-1 (M <= 8 * HB) are the eight columns of HB mmas that share the
-        decoded codes (HB = 2: batch rows 8..15 are a second set of columns)."""
+        decoded codes (HB = 2: batch rows 8..15 are a second set of columns). NS: the codes of the
+        next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
@@ -231,20 +232,33 @@ if triton is not None:
         dd = zero64  # HB = 2 on the GPU: both halves' code sums as 64-bit pairs
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
-        if NS == 2:  # the first k-tiles' codes, before the loop
+        if NS >= 2:  # the first k-tiles' codes, before the loop
             base = Q + tl.cast(kt0, tl.int64) * (CH * chunk_stride)
             live = kt0 + DK < kt1  # k-tiles to read: none past the last
             p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
             q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
+        if NS == 3:  # and the k-tiles after them
+            base = Q + tl.cast(kt0 + KU, tl.int64) * (CH * chunk_stride)
+            live = kt0 + KU + DK < kt1
+            pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
+            qq0, qq1, qq2, qq3, qq4, qq5, qq6, qq7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
         for kt in range(kt0, kt1, KU):
             live = kt + DK < kt1  # [R, 1]: the row's k-tile is in this program's range
-            if NS == 2:  # registers double-buffered: the next k-tiles' loads are issued first
+            if NS >= 2:  # registers double- (triple-) buffered: the later k-tiles' loads are issued first
                 a0, a1, a2, a3, a4, a5, a6, a7 = p0, p1, p2, p3, p4, p5, p6, p7
                 b0, b1, b2, b3, b4, b5, b6, b7 = q0, q1, q2, q3, q4, q5, q6, q7
-                base = Q + tl.cast(kt + KU, tl.int64) * (CH * chunk_stride)
-                nxt = kt + KU + DK < kt1
-                p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & nxt, NCH)
-                q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & nxt, NCH)
+                if NS == 3:
+                    p0, p1, p2, p3, p4, p5, p6, p7 = pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7
+                    q0, q1, q2, q3, q4, q5, q6, q7 = qq0, qq1, qq2, qq3, qq4, qq5, qq6, qq7
+                base = Q + tl.cast(kt + (NS - 1) * KU, tl.int64) * (CH * chunk_stride)
+                nxt = kt + (NS - 1) * KU + DK < kt1
+                if NS == 3:
+                    pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & nxt, NCH)
+                    qq0, qq1, qq2, qq3, qq4, qq5, qq6, qq7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & nxt,
+                                                                         NCH)
+                else:
+                    p0, p1, p2, p3, p4, p5, p6, p7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & nxt, NCH)
+                    q0, q1, q2, q3, q4, q5, q6, q7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & nxt, NCH)
                 if ASM:  # issued here: the compiler would sink them towards their use, the next iteration
                     kt = issue_here(kt)
             else:
