@@ -121,8 +121,7 @@ def check_cases():
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
-                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2),
-                 dict(mma(16, 3, 1, 2), x_ahead=1), dict(mma(64, 2, 8, 3, 2), x_ahead=1)] if batch <= 16 else []
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -158,22 +157,17 @@ def _worker(jobs, dev="cuda"):
 
 def variants(c, spec: str) -> list:
     """Copies of an mma config with other launch options, for experiments before a change of the
-    tuner's candidates: ``spec`` lists them as key parts, "+" joining several ("s3,r128,s3+x1":
-    num_stages=3; max_regs=128; both num_stages=3 and x_ahead=1)."""
+    tuner's candidates: ``spec`` lists them as key parts ("s3,r128": num_stages=3; max_regs=128)."""
     from dataclasses import replace
 
     if c.kind != "mma" or not spec:
         return []
-    names = {"s": "num_stages", "r": "max_regs", "x": "x_ahead"}
+    names = {"s": "num_stages", "r": "max_regs"}
     out = []
     for v in spec.split(","):
-        opts = {}
-        for part in v.split("+"):
-            if part[:1] not in names or not part[1:].isdigit():
-                raise SystemExit(f"--variants {spec}: bad part {part!r}; write s<N> (num_stages), r<N> (max_regs) "
-                                 "or x<N> (x_ahead), joined by +")
-            opts[names[part[0]]] = int(part[1:])
-        out.append(replace(c, **opts))
+        if v[:1] not in names or not v[1:].isdigit():
+            raise SystemExit(f"--variants {spec}: bad variant {v!r}; write s<N> (num_stages) or r<N> (max_regs)")
+        out.append(replace(c, **{names[v[0]]: int(v[1:])}))
     return [o for o in out if o != c]
 
 
@@ -310,7 +304,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-checks", type=int, default=10 ** 6)
     ap.add_argument("--variants", default="", help="also time every mma candidate with each of these "
-                    "options (key parts: s3 = num_stages 3, r128 = max_regs 128, x1 = x_ahead; + joins several)")
+                    "options (key parts: s3 = num_stages 3, r128 = max_regs 128)")
     ap.add_argument("--check-batches", default=None, help="only the correctness cases of these batch sizes (1,9,16)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
@@ -389,9 +383,9 @@ def main():
                 cd = dict(kind="cublas")
             else:
                 cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
-                          k_unroll=c.k_unroll, max_regs=c.max_regs, x_ahead=c.x_ahead)
+                          k_unroll=c.k_unroll, max_regs=c.max_regs)
                 key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
-                       c.k_unroll, c.max_regs, c.x_ahead)
+                       c.k_unroll, c.max_regs)
             if key in seen:
                 continue
             seen.add(key)

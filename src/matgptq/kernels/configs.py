@@ -32,7 +32,6 @@ class KernelConfig:
     num_stages: int = 1
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
-    x_ahead: int = 0  # mma, K a multiple of 512, batch <= 8: 1 loads the next k-tile step's activations ahead
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -42,9 +41,6 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
-        if self.x_ahead not in (0, 1) or (self.x_ahead and self.kind != "mma"):
-            raise ValueError(f"x_ahead={self.x_ahead} with kind={self.kind!r}: only the 'mma' kernel loads its "
-                             "activations a k-tile step ahead; use x_ahead=0, or 1 with kind='mma'")
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
@@ -54,7 +50,6 @@ class KernelConfig:
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
-        ku += f":x{self.x_ahead}" if self.x_ahead else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -62,7 +57,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "x": "x_ahead"}
+                 "r": "max_regs"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")

@@ -177,14 +177,6 @@ if triton is not None:
         own = tl.where(odd, od, ev)
         return tl.reshape(tl.join(own, own), [RT, 128])
 
-    @triton.jit
-    def _x_tile(ptrs, V: tl.constexpr):
-        """The B fragments of the 32 units of a k-tile (unit n at columns n*V + ...), as a tuple."""
-        xs = ()
-        for n in tl.static_range(32):
-            xs = xs + (tl.load(ptrs + n * V).to(tl.int16, bitcast=True),)
-        return xs
-
     @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def mma_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
@@ -194,14 +186,13 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1, XA: tl.constexpr = 0,
+        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
         decoded); batch rows 0..M-1 (M <= 8 * HB) are the eight columns of HB mmas that share the
         decoded codes (HB = 2: batch rows 8..15 are a second set of columns). NS: the codes of the
-        next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded; XA
-        (EVEN and HB = 1 only): so are the activations of the next k-tile step."""
+        next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
@@ -251,15 +242,8 @@ if triton is not None:
             live = kt0 + KU + DK < kt1
             pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
             qq0, qq1, qq2, qq3, qq4, qq5, qq6, qq7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
-        XB: tl.constexpr = XA and EVEN and HB == 1
-        if XB:  # the first k-tile step's activations (a row past the range reads the step's first k-tile)
-            xn = _x_tile(X + xoffs + (kt0 + tl.where(kt0 + DK < kt1, DK, 0)) * KT, V)
         for kt in range(kt0, kt1, KU):
             live = kt + DK < kt1  # [R, 1]: the row's k-tile is in this program's range
-            if XB:  # this step's activations, and the next step's loads (the last step: a valid k-tile)
-                xc = xn
-                nk = kt + KU
-                xn = _x_tile(X + xoffs + tl.minimum(nk + tl.where(nk + DK < kt1, DK, 0), KTN - 1) * KT, V)
             if NS >= 2:  # registers double- (triple-) buffered: the later k-tiles' loads are issued first
                 a0, a1, a2, a3, a4, a5, a6, a7 = p0, p1, p2, p3, p4, p5, p6, p7
                 b0, b1, b2, b3, b4, b5, b6, b7 = q0, q1, q2, q3, q4, q5, q6, q7
@@ -300,10 +284,7 @@ if triton is not None:
                         d12 = zero
                         dd = zero64
                     ku0 = (8 * i + u) * V  # first column of unit u inside the k-tile
-                    if XB:
-                        xa = xc[8 * i + u].to(tl.float16, bitcast=True)
-                        xb = xc[8 * i + u + 1].to(tl.float16, bitcast=True)
-                    elif EVEN:
+                    if EVEN:
                         xa = tl.load(xk + ku0)
                         xb = tl.load(xk + (ku0 + 16))
                         if HB == 2:
