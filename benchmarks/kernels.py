@@ -580,8 +580,11 @@ def compare(old_path, new_path):
     for lay in sorted({k[2] for k, _ in pairs}):
         print(f"  {lay:8s}  " + _spread([x for k, x in pairs if k[2] == lay]))
     # in NEW: the same launch with and without one option (key parts, see KernelConfig.key)
-    for label, part, base in (("mma num_stages=2 vs 1", "s2", "s1"), ("register cap 128 vs none", "r128", None),
-                              ("two accumulator chains vs one (:c2, commit d263051)", "c2", None)):
+    for label, part, base in (("mma num_stages=2 vs 1", "s2", "s1"), ("mma num_stages=3 vs 2", "s3", "s2"),
+                              ("register cap 128 vs none", "r128", None),
+                              ("two accumulator chains vs one (:c2, commit d263051)", "c2", None),
+                              ("activations prefetched into L1 one k-tile step ahead (:p1, dropped)", "p1", None),
+                              ("activations loaded one k-tile step ahead (:x1, commit 7b383b7)", "x1", None)):
         ratios, best = [], []
         for r in rows:
             times = {c: t for c, t in r["tried"].items() if isinstance(t, float)}
