@@ -112,7 +112,7 @@ def check_cases():
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
                               [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4),
-                               mma(16, 2, 1, 3)], False))
+                               mma(16, 2, 1, 3), dict(mma(64, 2, 2), units_outer=1)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -121,7 +121,9 @@ def check_cases():
         if batch >= 32:
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
-                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2)] if batch <= 16 else []
+                 mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2),
+                 dict(mma(16, 3, 1, 2), units_outer=1), dict(mma(64, 2, 8, 3, 2), units_outer=1),
+                 dict(mma(64, 3, 2), units_outer=1)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -157,17 +159,22 @@ def _worker(jobs, dev="cuda"):
 
 def variants(c, spec: str) -> list:
     """Copies of an mma config with other launch options, for experiments before a change of the
-    tuner's candidates: ``spec`` lists them as key parts ("s3,r128": num_stages=3; max_regs=128)."""
+    tuner's candidates: ``spec`` lists them as key parts, "+" joining several ("s3,r128,s3+u1":
+    num_stages=3; max_regs=128; both num_stages=3 and units_outer=1)."""
     from dataclasses import replace
 
     if c.kind != "mma" or not spec:
         return []
-    names = {"s": "num_stages", "r": "max_regs"}
+    names = {"s": "num_stages", "r": "max_regs", "u": "units_outer"}
     out = []
     for v in spec.split(","):
-        if v[:1] not in names or not v[1:].isdigit():
-            raise SystemExit(f"--variants {spec}: bad variant {v!r}; write s<N> (num_stages) or r<N> (max_regs)")
-        out.append(replace(c, **{names[v[0]]: int(v[1:])}))
+        opts = {}
+        for part in v.split("+"):
+            if part[:1] not in names or not part[1:].isdigit():
+                raise SystemExit(f"--variants {spec}: bad part {part!r}; write s<N> (num_stages), r<N> (max_regs) "
+                                 "or u<N> (units_outer), joined by +")
+            opts[names[part[0]]] = int(part[1:])
+        out.append(replace(c, **opts))
     return [o for o in out if o != c]
 
 
@@ -304,7 +311,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-checks", type=int, default=10 ** 6)
     ap.add_argument("--variants", default="", help="also time every mma candidate with each of these "
-                    "options (key parts: s3 = num_stages 3, r128 = max_regs 128)")
+                    "options (key parts: s3 = num_stages 3, r128 = max_regs 128, u1 = units_outer; + joins several)")
     ap.add_argument("--check-batches", default=None, help="only the correctness cases of these batch sizes (1,9,16)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="no GPU work: merge the rows of earlier runs (split by shape) into --out/kernels_TAG.json "
@@ -383,9 +390,9 @@ def main():
                 cd = dict(kind="cublas")
             else:
                 cd = dict(kind=c.kind, bm=c.bm, bn=c.bn, num_warps=c.num_warps, num_stages=c.num_stages,
-                          k_unroll=c.k_unroll, max_regs=c.max_regs)
+                          k_unroll=c.k_unroll, max_regs=c.max_regs, units_outer=c.units_outer)
                 key = (bits, layout, m if c.kind == "gemv" else c.bm, c.kind, c.bn, c.num_warps, c.num_stages,
-                       c.k_unroll, c.max_regs)
+                       c.k_unroll, c.max_regs, c.units_outer)
             if key in seen:
                 continue
             seen.add(key)
@@ -584,7 +591,8 @@ def compare(old_path, new_path):
                               ("register cap 128 vs none", "r128", None),
                               ("two accumulator chains vs one (:c2, commit d263051)", "c2", None),
                               ("activations prefetched into L1 one k-tile step ahead (:p1, dropped)", "p1", None),
-                              ("activations loaded one k-tile step ahead (:x1, commit 7b383b7)", "x1", None)):
+                              ("activations loaded one k-tile step ahead (:x1, commit 7b383b7)", "x1", None),
+                              ("units outer vs byte lanes outer (:u1)", "u1", None)):
         ratios, best = [], []
         for r in rows:
             times = {c: t for c, t in r["tried"].items() if isinstance(t, float)}

@@ -167,6 +167,8 @@ def test_torch_backend_and_errors():
     KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, k_unroll=4),
     KernelConfig("mma", bn=16, bm=8, split_k=1, num_warps=1, num_stages=3),
     KernelConfig("mma", bn=32, bm=8, split_k=2, num_warps=2, num_stages=3, k_unroll=2),
+    KernelConfig("mma", bn=32, bm=8, split_k=2, num_warps=1, num_stages=2, units_outer=1),
+    KernelConfig("mma", bn=64, bm=8, split_k=1, num_warps=8, k_unroll=2, units_outer=1),
 ], ids=lambda c: c.key())
 @pytest.mark.parametrize("rule,layout,bits", [("round", "resident", 3), ("nested", "fixed", 8), ("round", "fixed", 5)])
 def test_launch_variants(cfg, rule, layout, bits):
@@ -197,6 +199,8 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")
     with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
+    with pytest.raises(ValueError, match="units_outer=1 with kind='gemm': it orders the mma kernel's"):
+        KernelConfig.from_key("gemm:bm16:bn64:sk1:w4:s1:u1")
     with pytest.raises(ValueError, match="num_stages=4 with kind='mma': use 1 .*, 2 or 3"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s4")
     with pytest.raises(ValueError, match="kind='mmx'; use one of mma, gemv, gemm, cublas"):

@@ -32,6 +32,7 @@ class KernelConfig:
     num_stages: int = 1
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
+    units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -41,6 +42,9 @@ class KernelConfig:
         if self.k_unroll > 1 and self.kind != "mma":
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
                              "k-tiles per program; use k_unroll=1 or kind='mma'")
+        if self.units_outer not in (0, 1) or (self.units_outer and self.kind != "mma"):
+            raise ValueError(f"units_outer={self.units_outer} with kind={self.kind!r}: it orders the mma kernel's "
+                             "k-tile steps; use 0, or 1 with kind='mma'")
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
@@ -50,6 +54,7 @@ class KernelConfig:
     def key(self) -> str:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
+        ku += f":u{self.units_outer}" if self.units_outer else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -57,7 +62,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs"}
+                 "r": "max_regs", "u": "units_outer"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")

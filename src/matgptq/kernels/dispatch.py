@@ -189,7 +189,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
         *_buffers(x2, pw, out, bias, ws, cnt), *args,
         LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
         RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
-        NS=cfg.num_stages, KU=cfg.k_unroll, HB=1 if x2.shape[0] <= 8 else 2,
+        NS=cfg.num_stages, KU=cfg.k_unroll, HB=1 if x2.shape[0] <= 8 else 2, UO=cfg.units_outer,
         num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
     )
     return out

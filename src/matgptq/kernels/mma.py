@@ -177,6 +177,93 @@ if triton is not None:
         own = tl.where(odd, od, ev)
         return tl.reshape(tl.join(own, own), [RT, 128])
 
+    @triton.jit
+    def _put(t, i: tl.constexpr, v):
+        """The 4-tuple t with element i replaced by v."""
+        if i == 0:
+            r = (v, t[1], t[2], t[3])
+        elif i == 1:
+            r = (t[0], v, t[2], t[3])
+        elif i == 2:
+            r = (t[0], t[1], v, t[3])
+        else:
+            r = (t[0], t[1], t[2], v)
+        return r
+
+    @triton.jit
+    def _k_step(i: tl.constexpr, u: tl.constexpr, ca, cb, ds, d1s, d2s, d12s, dds, acc, acc2, zero, zero64,
+                kt, DK, E, live, K, N, NG, xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
+                R: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr, B: tl.constexpr,
+                NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr, SYM: tl.constexpr,
+                EVEN: tl.constexpr, ROTM: tl.constexpr, ASM: tl.constexpr, HB: tl.constexpr):
+        """Step (byte lane i, units u and u+1) of a k-tile: decode the row r / r+8 words of both
+        units (chunks ca / cb), run their mmas into byte lane i's sums (scale group i), and at a
+        group's last step scale the sums into acc (acc2: batch rows 8..15)."""
+        KT: tl.constexpr = 32 * V
+        a0, a1, a2, a3, a4, a5, a6, a7 = ca
+        b0, b1, b2, b3, b4, b5, b6, b7 = cb
+        k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
+        wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
+        wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
+        wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
+        wb1 = unit_word(u + 1, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
+        if u % UG == 0:  # a scale group's first steps: its sums start from zero
+            ds = _put(ds, i, zero)
+            d1s = _put(d1s, i, zero)
+            d2s = _put(d2s, i, zero)
+            d12s = _put(d12s, i, zero)
+            dds = _put(dds, i, zero64)
+        ku0 = (8 * i + u) * V  # first column of unit u inside the k-tile
+        if EVEN:
+            xa = tl.load(xk + ku0)
+            xb = tl.load(xk + (ku0 + 16))
+            if HB == 2:
+                xa2 = tl.load(xk2 + ku0)
+                xb2 = tl.load(xk2 + (ku0 + 16))
+        else:
+            kx = k0 + DK * KT + E % 16
+            xa = tl.load(xk + ku0, mask=live & (kx < K), other=0.0)
+            xb = tl.load(xk + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
+            if HB == 2:
+                xa2 = tl.load(xk2 + ku0, mask=live & (kx < K), other=0.0)
+                xb2 = tl.load(xk2 + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
+        if ASM:
+            if HB == 2:
+                dd, d1, d12 = _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dds[i], d1s[i], d12s[i],
+                                      i, B == 8, u % UG == 0)
+                dds = _put(dds, i, dd)
+                d12s = _put(d12s, i, d12)
+            else:
+                d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, ds[i], d1s[i], i, B == 8, u % UG == 0)
+                ds = _put(ds, i, d)
+            d1s = _put(d1s, i, d1)
+        else:
+            ds = _put(ds, i, ds[i] + _step_ref(wa0, wa1, xa, i, R) + _step_ref(wb0, wb1, xb, i, R))
+            d1s = _put(d1s, i, d1s[i] + _ones_ref(xa, R) + _ones_ref(xb, R))
+            if HB == 2:
+                d2s = _put(d2s, i, d2s[i] + _step_ref(wa0, wa1, xa2, i, R) + _step_ref(wb0, wb1, xb2, i, R))
+                d12s = _put(d12s, i, d12s[i] + _ones_ref(xa2, R) + _ones_ref(xb2, R))
+        if (u + 2) % UG == 0:  # the group's last steps: scale its sums into the result
+            if G == 0:
+                g = DK * 0
+            else:
+                g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
+            s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
+            if SYM:  # C1 waits to the end
+                zs = (C0 + ZCONST - ZOFF) / C1
+            else:
+                zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
+                zs = (C0 + zb) / C1
+            if HB == 2 and ASM:
+                d, d2 = _halves(dds[i])
+            else:
+                d = ds[i]
+                d2 = d2s[i]
+            acc += s * (d - zs * d1s[i])
+            if HB == 2:
+                acc2 += s * (d2 - zs * d12s[i])
+        return ds, d1s, d2s, d12s, dds, acc, acc2
+
     @triton.jit(do_not_specialize=["M", "KTN", "NG", "TILES_PER_SPLIT", "SPLIT_K"])
     def mma_kernel(
         X, stride_xm, Q, S, Z, OUT, stride_om, BIAS, WS, CNT,
@@ -186,7 +273,7 @@ if triton is not None:
         B: tl.constexpr, NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr,
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
-        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1,
+        ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1, UO: tl.constexpr = 0,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
@@ -223,13 +310,8 @@ if triton is not None:
         smask = sofs < N
         acc = tl.zeros([R, 128], dtype=tl.float32)
         zero = tl.zeros([R, 128], dtype=tl.float32)
-        d = zero
-        d1 = zero
         acc2 = zero
-        d2 = zero
-        d12 = zero
         zero64 = tl.zeros([R, 128], dtype=tl.int64)
-        dd = zero64  # HB = 2 on the GPU: both halves' code sums as 64-bit pairs
         kt0 = pid_k * TILES_PER_SPLIT
         kt1 = tl.minimum(kt0 + TILES_PER_SPLIT, KTN)
         if NS >= 2:  # the first k-tiles' codes, before the loop
@@ -270,61 +352,30 @@ if triton is not None:
             xkt = (kt + tl.where(live, DK, 0)) * KT
             xk = X + xoffs + xkt
             xk2 = X + xoffs2 + xkt
-            for i in tl.static_range(4):
+            # the 16 steps (byte lane i, unit pair u, u+1) of a k-tile. Byte lane i holds scale
+            # group i (units 8i..8i+7), with its own sums. UO = 0: lanes outer (every unit's decoded
+            # words stay live across the four lanes); UO = 1: units outer (they die after four steps)
+            ds = (zero, zero, zero, zero)  # code sums per lane (HB = 2 on the GPU: dds, 64-bit pairs)
+            d1s = (zero, zero, zero, zero)  # activation sums per lane
+            d2s = (zero, zero, zero, zero)  # batch rows 8..15 (HB = 2)
+            d12s = (zero, zero, zero, zero)
+            dds = (zero64, zero64, zero64, zero64)
+            ca = (a0, a1, a2, a3, a4, a5, a6, a7)
+            cb = (b0, b1, b2, b3, b4, b5, b6, b7)
+            if UO:
                 for u in tl.static_range(0, 8, 2):
-                    k0 = kt * KT + (8 * i + u) * V  # first column of unit u of the first k-tile (u+1: + 16)
-                    wa0 = unit_word(u, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
-                    wa1 = unit_word(u, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
-                    wb0 = unit_word(u + 1, a0, a1, a2, a3, a4, a5, a6, a7, PW, PO, NP, RND, B, True, ROTM, ASM)
-                    wb1 = unit_word(u + 1, b0, b1, b2, b3, b4, b5, b6, b7, PW, PO, NP, RND, B, True, ROTM, ASM)
-                    if u % UG == 0:
-                        d = zero
-                        d1 = zero
-                        d2 = zero
-                        d12 = zero
-                        dd = zero64
-                    ku0 = (8 * i + u) * V  # first column of unit u inside the k-tile
-                    if EVEN:
-                        xa = tl.load(xk + ku0)
-                        xb = tl.load(xk + (ku0 + 16))
-                        if HB == 2:
-                            xa2 = tl.load(xk2 + ku0)
-                            xb2 = tl.load(xk2 + (ku0 + 16))
-                    else:
-                        kx = k0 + DK * KT + E % 16
-                        xa = tl.load(xk + ku0, mask=live & (kx < K), other=0.0)
-                        xb = tl.load(xk + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
-                        if HB == 2:
-                            xa2 = tl.load(xk2 + ku0, mask=live & (kx < K), other=0.0)
-                            xb2 = tl.load(xk2 + (ku0 + 16), mask=live & (kx + 16 < K), other=0.0)
-                    if ASM:
-                        if HB == 2:
-                            dd, d1, d12 = _mma2x2(wa0, wa1, wb0, wb1, xa, xb, xa2, xb2, dd, d1, d12,
-                                                  i, B == 8, u % UG == 0)
-                        else:
-                            d, d1 = _mma2(wa0, wa1, wb0, wb1, xa, xb, d, d1, i, B == 8, u % UG == 0)
-                    else:
-                        d += _step_ref(wa0, wa1, xa, i, R) + _step_ref(wb0, wb1, xb, i, R)
-                        d1 += _ones_ref(xa, R) + _ones_ref(xb, R)
-                        if HB == 2:
-                            d2 += _step_ref(wa0, wa1, xa2, i, R) + _step_ref(wb0, wb1, xb2, i, R)
-                            d12 += _ones_ref(xa2, R) + _ones_ref(xb2, R)
-                    if (u + 2) % UG == 0:
-                        if G == 0:
-                            g = DK * 0
-                        else:
-                            g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
-                        s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
-                        if SYM:  # C1 waits to the end
-                            zs = (C0 + ZCONST - ZOFF) / C1
-                        else:
-                            zb = _own_rows(tl.load(Z + g * N + sofs, mask=smask & live, other=0), spar, R).to(tl.float32) - ZOFF
-                            zs = (C0 + zb) / C1
-                        if HB == 2 and ASM:
-                            d, d2 = _halves(dd)
-                        acc += s * (d - zs * d1)
-                        if HB == 2:
-                            acc2 += s * (d2 - zs * d12)
+                    for i in tl.static_range(4):
+                        ds, d1s, d2s, d12s, dds, acc, acc2 = _k_step(
+                            i, u, ca, cb, ds, d1s, d2s, d12s, dds, acc, acc2, zero, zero64, kt, DK, E, live, K, N, NG,
+                            xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
+                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB)
+            else:
+                for i in tl.static_range(4):
+                    for u in tl.static_range(0, 8, 2):
+                        ds, d1s, d2s, d12s, dds, acc, acc2 = _k_step(
+                            i, u, ca, cb, ds, d1s, d2s, d12s, dds, acc, acc2, zero, zero64, kt, DK, E, live, K, N, NG,
+                            xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
+                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB)
         if KU > 1:  # the KU k-tiles' partial sums of a row tile sit in the same thread
             acc = tl.sum(tl.reshape(acc, [KU, RT, 128]), axis=0)
             if HB == 2:
