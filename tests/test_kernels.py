@@ -181,6 +181,17 @@ def test_launch_variants(cfg, rule, layout, bits):
         _check(_run(cfg, x, pw, bits), x, w)
 
 
+@pytest.mark.parametrize("gs", [128, None])
+def test_units_outer_with_whole_lane_groups(gs):
+    """units_outer=1 with groups of 128 (one per byte lane) and one group per row: every lane's
+    sums start at unit 0 and are scaled after unit 7, while the lanes take turns."""
+    cfg = KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=1, num_stages=2, units_outer=1)
+    pw, w = _case(32, 1536, gs, "nested", "resident", 4, asym=gs is not None, seed=7)
+    for m in (1, 9):
+        x = torch.randn(m, 1536, generator=torch.Generator().manual_seed(m)).half()
+        _check(_run(cfg, x, pw, 4), x, w)
+
+
 def test_config_keys_round_trip_and_bad_configs_are_refused():
     """Every launch the tuner may try and every entry of the shipped table survives key() ->
     from_key(); a malformed key, an unknown kernel or an impossible k_unroll is refused with the fix in the message."""

@@ -279,7 +279,8 @@ if triton is not None:
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
         decoded); batch rows 0..M-1 (M <= 8 * HB) are the eight columns of HB mmas that share the
         decoded codes (HB = 2: batch rows 8..15 are a second set of columns). NS: the codes of the
-        next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded."""
+        next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded.
+        UO: the order of a k-tile's 16 steps (:func:`_k_step`), byte lanes outer (0) or units outer (1)."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
