@@ -104,15 +104,16 @@ def check_cases():
     cases = []
     gemv = lambda bn=64, sk=2, w=4, st=1: dict(kind="gemv", bn=bn, split_k=sk, num_warps=w, num_stages=st)  # noqa: E731
     gemm = lambda bm=16, bn=64, sk=2: dict(kind="gemm", bm=bm, bn=bn, split_k=sk)  # noqa: E731
-    mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0: dict(kind="mma", bm=8, bn=bn, split_k=sk, num_warps=w,  # noqa: E731
-                                                         num_stages=st, k_unroll=ku, max_regs=r)
+    mma = lambda bn=64, sk=2, w=4, st=1, ku=1, r=0, uo=0: dict(kind="mma", bm=8, bn=bn, split_k=sk,  # noqa: E731
+                                                               num_warps=w, num_stages=st, k_unroll=ku, max_regs=r,
+                                                               units_outer=uo)
     # every width, both rules, both layouts: batch 1 and 9 on an odd shape (K not a k-tile multiple)
     for layout in ("fixed", "resident"):
         for rule in ("round", "nested"):
             for bits in range(2, 9):
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 1,
                               [gemv(), gemv(st=3), mma(), mma(16, 3, 1, 2), mma(64, 3, 8, 1, 2), mma(16, 1, 4, 2, 4),
-                               mma(16, 2, 1, 3), dict(mma(64, 2, 2), units_outer=1)], False))
+                               mma(16, 2, 1, 3), mma(64, 2, 2, uo=1)], False))
                 cases.append((1000, 1000, bits, layout, rule, None, False, "float16", 9, [gemm()], False))
     # every batch size, group 128, both kernels where they apply, bias, bf16 / asym variants
     for batch in (1, 2, 3, 5, 7, 8, 9, 16, 33, 64, 300):
@@ -122,8 +123,8 @@ def check_cases():
             cfgs.append(dict(kind="cublas"))
         mcfgs = [mma(), mma(64, 3, 4, 2), mma(32, 3, 1), mma(64, 3, 8, 2, 2), mma(64, 2, 16, 1, 4),
                  mma(64, 2, 2, r=128), mma(64, 1, 8, 1, 2, 128), mma(16, 3, 1, 3), mma(64, 2, 8, 3, 2),
-                 dict(mma(16, 3, 1, 2), units_outer=1), dict(mma(64, 2, 8, 3, 2), units_outer=1),
-                 dict(mma(64, 3, 2), units_outer=1)] if batch <= 16 else []
+                 mma(16, 3, 1, 2, uo=1), mma(64, 2, 8, 3, 2, uo=1),
+                 mma(64, 3, 2, uo=1)] if batch <= 16 else []
         cases.append((4096, 2048, 4, "fixed", "nested", 128, False, "float16", batch, cfgs + mcfgs, True))
         cases.append((1536, 1024, 3, "resident", "round", 64, True, "bfloat16", batch, cfgs, False))
     cases.append((520, 2560, 6, "resident", "nested", 32, True, "float16", 5,
@@ -321,7 +322,8 @@ def main():
     ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
                     help="no GPU work: speedups of NEW over OLD (two kernels_TAG.json) per batch, per width at batch 1 "
                          "and per layout, and in NEW the paired timings of one launch with and without an option "
-                         "(double-buffering, register cap, two accumulator chains)")
+                         "(num_stages 2 / 3, register cap, units outer, and the dropped two accumulator chains, "
+                         "L1 prefetch and activations ahead)")
     args = ap.parse_args()
     if args.compare:
         return compare(*args.compare)
@@ -672,7 +674,9 @@ def summarize(rows, checks, skipped):
     cfgs = [KernelConfig.from_key(r["config"]) for r in rows if r["config"] != "cublas"]
     shared = [c for c in cfgs if c.kind == "mma" and c.k_unroll == 1 and c.bn // 16 > c.num_warps]
     print(f"chosen launches: {sum(c.kind == 'mma' for c in cfgs)} mma ({len(shared)} with several row tiles per warp, "
-          f"{sum(c.max_regs > 0 for c in cfgs)} register-capped), {sum(c.kind == 'gemm' for c in cfgs)} gemm, "
+          f"{sum(c.max_regs > 0 for c in cfgs)} register-capped, "
+          f"{sum(c.kind == 'mma' and c.num_stages == 3 for c in cfgs)} with num_stages=3, "
+          f"{sum(c.units_outer for c in cfgs)} units-outer), {sum(c.kind == 'gemm' for c in cfgs)} gemm, "
           f"{sum(c.kind == 'gemv' for c in cfgs)} gemv, {len(rows) - len(cfgs)} cublas of {len(rows)} points; "
           f"batch 16 on mma: {sum(r['config'].startswith('mma') for r in rows if r['batch'] == 16)} of "
           f"{sum(r['batch'] == 16 for r in rows)}")
