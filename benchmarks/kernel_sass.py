@@ -37,7 +37,7 @@ FLOATS = {"C1", "C0", "ZOFF", "ZCONST", "LAM", "LMU"}
 
 
 def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: int, stages: int = 1, ku: int = 1,
-                 rule: str = "round", max_regs: int = 0, units_outer: int = 0):
+                 rule: str = "round", max_regs: int = 0, units_outer: int = 0, diag: int = 0):
     """The kernel as the dispatcher would launch it on a GPU (byte permutes on), for sm_90; ``ku``:
     the mma kernel's k-tiles loaded together; ``rule``: the slicing rule of the packed codes (the
     resident layout's ``round`` reads one more part than ``nested``); ``max_regs``: the register
@@ -52,7 +52,7 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     c["PRMT"] = bits <= 7
     c = _with_raw(c) | dict(HAS_BIAS=False, EVEN=True)
     if kernel == "mma":
-        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2, UO=units_outer)
+        c |= dict(RT=bn // 16, ASM=True, NS=stages, KU=ku, HB=1 if bm <= 8 else 2, UO=units_outer, DIAG=diag)
     else:
         c |= dict(BM=bm, BN=bn, NS=1)
         c |= dict(HALF2=bits == 8) if kernel == "gemv" else dict(HALF2=True, CODES=False, F32DOT=False)
@@ -107,6 +107,8 @@ def main() -> None:
                     help="slicing rule (benchmarks/kernels.py times nested codes)")
     ap.add_argument("--max-regs", type=int, default=0, help="register cap (Triton's maxnreg; 0: the compiler's choice)")
     ap.add_argument("--units-outer", type=int, default=0, help="mma: 1 runs the byte lanes inside the unit loop")
+    ap.add_argument("--diag", type=int, default=0, help="mma: kernel_bounds.py's variants (1: no activation loads, "
+                    "2: no code loads, 3: neither)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     bm = 1 << max(0, (args.batch - 1).bit_length())
@@ -118,7 +120,7 @@ def main() -> None:
         for bits in (int(b) for b in args.bits.split(",")):
             regs, ops = loop_mix(compile_sm90(args.kernel, layout, bits, bm, args.bn, args.warps, args.stages,
                                               ku=args.ku, rule=args.rule, max_regs=args.max_regs,
-                                              units_outer=args.units_outer))
+                                              units_outer=args.units_outer, diag=args.diag))
             weights = args.bn * KTILE * args.ku // (32 * args.warps)  # per thread and k-tile
             per_w = {op: round(n / weights, 2) for op, n in ops.most_common(8)}
             total = round(sum(ops.values()) / weights, 2)

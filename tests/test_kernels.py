@@ -192,6 +192,27 @@ def test_units_outer_with_whole_lane_groups(gs):
         _check(_run(cfg, x, pw, 4), x, w)
 
 
+@pytest.mark.parametrize("stages", [1, 3])
+def test_bounds_switch_reads_the_first_k_tiles(monkeypatch, stages):
+    """benchmarks/kernel_bounds.py's MATGPTQ_MMA_DIAG=7: every stream read from the program's first
+    k-tiles. With all k-tiles alike (codes, scales, zeros and activations repeat every 512
+    columns) that changes nothing; with random ones the result is wrong, so the switch is live."""
+    cfg = KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=1, num_stages=stages)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 256, (32, 512), generator=g, dtype=torch.uint8).repeat(1, 3)
+    s = (torch.rand(32, 4, generator=g) * 0.02 + 1e-3).half().repeat(1, 3)
+    z = torch.randint(0, 256, (32, 4), generator=g).to(torch.uint8).repeat(1, 3)
+    pw = pack(q, s, z, master_bits=8, slicing="nested", group_size=128, layout="fixed", bits=4)
+    w = dequantize(q, s, z, 8, 4, "nested", 128, torch.float64)
+    x = torch.randn(1, 512, generator=g).half().repeat(1, 3)
+    monkeypatch.setenv("MATGPTQ_MMA_DIAG", "7")
+    _check(_run(cfg, x, pw, 4), x, w)
+    pw2, w2 = _case(32, 1536, 128, "nested", "fixed", 4, asym=True, seed=5)
+    x2 = torch.randn(1, 1536, generator=g).half()
+    ref = x2.double() @ w2.t()
+    assert ((_run(cfg, x2, pw2, 4).double() - ref).norm() / ref.norm()).item() > 0.05
+
+
 def test_config_keys_round_trip_and_bad_configs_are_refused():
     """Every launch the tuner may try and every entry of the shipped table survives key() ->
     from_key(); a malformed key, an unknown kernel or an impossible k_unroll is refused with the fix in the message."""

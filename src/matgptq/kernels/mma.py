@@ -195,7 +195,7 @@ if triton is not None:
                 kt, DK, E, live, K, N, NG, xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
                 R: tl.constexpr, V: tl.constexpr, G: tl.constexpr, UG: tl.constexpr, B: tl.constexpr,
                 NP: tl.constexpr, PW: tl.constexpr, PO: tl.constexpr, RND: tl.constexpr, SYM: tl.constexpr,
-                EVEN: tl.constexpr, ROTM: tl.constexpr, ASM: tl.constexpr, HB: tl.constexpr):
+                EVEN: tl.constexpr, ROTM: tl.constexpr, ASM: tl.constexpr, HB: tl.constexpr, DIAG: tl.constexpr):
         """Step (byte lane i, units u and u+1) of a k-tile: decode the row r / r+8 words of both
         units (chunks ca / cb), run their mmas into byte lane i's sums (scale group i), and at a
         group's last step scale the sums into acc (acc2: batch rows 8..15)."""
@@ -246,6 +246,8 @@ if triton is not None:
         if (u + 2) % UG == 0:  # the group's last steps: scale its sums into the result
             if G == 0:
                 g = DK * 0
+            elif DIAG & 4:  # benchmarks/kernel_bounds.py: the first k-tile's groups
+                g = DK * 0 + i
             else:
                 g = tl.minimum((k0 + DK * KT + (2 - UG) * V) // G, NG - 1)
             s = _own_rows(tl.load(S + g * N + sofs, mask=smask & live, other=0.0), spar, R).to(tl.float32)
@@ -274,13 +276,18 @@ if triton is not None:
         NCH: tl.constexpr, CH: tl.constexpr, SYM: tl.constexpr,
         EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PRMT: tl.constexpr, RAW: tl.constexpr, ROTM: tl.constexpr,
         ASM: tl.constexpr, NS: tl.constexpr, KU: tl.constexpr = 1, HB: tl.constexpr = 1, UO: tl.constexpr = 0,
+        DIAG: tl.constexpr = 0,
     ):
         """RT row tiles of 16 rows per program (RT / num_warps per warp) over a range of k-tiles
         (split-K), KU k-tiles loaded together (their loads all in flight before the first is
         decoded); batch rows 0..M-1 (M <= 8 * HB) are the eight columns of HB mmas that share the
         decoded codes (HB = 2: batch rows 8..15 are a second set of columns). NS: the codes of the
         next NS - 1 k-tile steps are loaded (into registers) before the current one is decoded.
-        UO: the order of a k-tile's 16 steps (:func:`_k_step`), byte lanes outer (0) or units outer (1)."""
+        UO: the order of a k-tile's 16 steps (:func:`_k_step`), byte lanes outer (0) or units outer (1).
+        DIAG (``benchmarks/kernel_bounds.py`` only; wrong results): the same instructions, but bit 0
+        reads every iteration's activations, bit 1 its codes, bit 2 its scales and zeros from the
+        first k-tiles (cache hits after the first), so a timing shows what the rest costs without
+        that stream."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         KT: tl.constexpr = 32 * V
@@ -333,7 +340,10 @@ if triton is not None:
                 if NS == 3:
                     p0, p1, p2, p3, p4, p5, p6, p7 = pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7
                     q0, q1, q2, q3, q4, q5, q6, q7 = qq0, qq1, qq2, qq3, qq4, qq5, qq6, qq7
-                base = Q + tl.cast(kt + (NS - 1) * KU, tl.int64) * (CH * chunk_stride)
+                kn = kt + (NS - 1) * KU
+                if DIAG & 2:
+                    kn = kt0
+                base = Q + tl.cast(kn, tl.int64) * (CH * chunk_stride)
                 nxt = kt + (NS - 1) * KU + DK < kt1
                 if NS == 3:
                     pp0, pp1, pp2, pp3, pp4, pp5, pp6, pp7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & nxt, NCH)
@@ -345,12 +355,18 @@ if triton is not None:
                 if ASM:  # issued here: the compiler would sink them towards their use, the next iteration
                     kt = issue_here(kt)
             else:
-                base = Q + tl.cast(kt, tl.int64) * (CH * chunk_stride)
+                kn = kt
+                if DIAG & 2:
+                    kn = kt0
+                base = Q + tl.cast(kn, tl.int64) * (CH * chunk_stride)
                 a0, a1, a2, a3, a4, a5, a6, a7 = load_chunks(base + offs0, chunk_stride, (r0 < N) & live, NCH)
                 b0, b1, b2, b3, b4, b5, b6, b7 = load_chunks(base + offs1, chunk_stride, (r0 + 2 < N) & live, NCH)
             # the activations of the row's k-tile; a row past the program's range (KU > 1) reads
             # this k-tile's instead: finite values, times zero codes and zero scales
-            xkt = (kt + tl.where(live, DK, 0)) * KT
+            kx0 = kt
+            if DIAG & 1:
+                kx0 = kt0
+            xkt = (kx0 + tl.where(live, DK, 0)) * KT
             xk = X + xoffs + xkt
             xk2 = X + xoffs2 + xkt
             # the 16 steps (byte lane i, unit pair u, u+1) of a k-tile. Byte lane i holds scale
@@ -369,14 +385,14 @@ if triton is not None:
                         ds, d1s, d2s, d12s, dds, acc, acc2 = _k_step(
                             i, u, ca, cb, ds, d1s, d2s, d12s, dds, acc, acc2, zero, zero64, kt, DK, E, live, K, N, NG,
                             xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
-                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB)
+                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB, DIAG)
             else:
                 for i in tl.static_range(4):
                     for u in tl.static_range(0, 8, 2):
                         ds, d1s, d2s, d12s, dds, acc, acc2 = _k_step(
                             i, u, ca, cb, ds, d1s, d2s, d12s, dds, acc, acc2, zero, zero64, kt, DK, E, live, K, N, NG,
                             xk, xk2, S, Z, sofs, smask, spar, C1, C0, ZOFF, ZCONST,
-                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB)
+                            R, V, G, UG, B, NP, PW, PO, RND, SYM, EVEN, ROTM, ASM, HB, DIAG)
         if KU > 1:  # the KU k-tiles' partial sums of a row tile sit in the same thread
             acc = tl.sum(tl.reshape(acc, [KU, RT, 128]), axis=0)
             if HB == 2:
