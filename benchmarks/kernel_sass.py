@@ -107,8 +107,8 @@ def main() -> None:
                     help="slicing rule (benchmarks/kernels.py times nested codes)")
     ap.add_argument("--max-regs", type=int, default=0, help="register cap (Triton's maxnreg; 0: the compiler's choice)")
     ap.add_argument("--units-outer", type=int, default=0, help="mma: 1 runs the byte lanes inside the unit loop")
-    ap.add_argument("--diag", type=int, default=0, help="mma: kernel_bounds.py's variants (1: no activation loads, "
-                    "2: no code loads, 3: neither)")
+    ap.add_argument("--diag", type=int, default=0, help="mma: kernel_bounds.py's switch, streams read from the first "
+                    "k-tiles (bit 0: activations, 1: codes, 2: scales and zeros; the same instructions)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     bm = 1 << max(0, (args.batch - 1).bit_length())
