@@ -4,7 +4,7 @@ served from cache.
     python benchmarks/kernel_bounds.py --out DIR          # tuned launches, 2/3/4/8 bits
     python benchmarks/kernel_bounds.py --shapes 4096x14336 --bits 2 --config mma:bm8:bn64:sk2:w8:s3:ku2
 
-The mma kernel's ``DIAG`` switch (``MATGPTQ_MMA_DIAG``; wrong results, timing only) keeps every
+The mma kernel's ``DIAG`` switch (``dispatch.MMA_DIAG``; wrong results, timing only) keeps every
 instruction but reads a stream from the program's first k-tiles on every iteration, so after the
 first it hits in L1 / L2: bit 0 the activations, bit 1 the codes, bit 2 the scales and zeros.
 If "all cached" is close to "as is", the instructions and their dependency chains set the time,
@@ -30,13 +30,15 @@ VARIANTS = {"as is": 0, "x cached": 1, "codes cached": 2, "scales cached": 4, "x
             "all cached": 7}
 
 
-def time_diag(cfg, x, copies, outs, bits, diag, run_config):
-    os.environ["MATGPTQ_MMA_DIAG"] = str(diag)
+def time_diag(cfg, x, copies, outs, bits, diag):
+    from matgptq.kernels import dispatch
+
+    dispatch.MMA_DIAG = diag
     try:
-        calls = [lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(copies, outs)]
+        calls = [lambda p=p, o=o: dispatch.run_config(cfg, x, p, bits, o, None) for p, o in zip(copies, outs)]
         return statistics.median(kb.graph_time(calls) for _ in range(3))
     finally:
-        os.environ.pop("MATGPTQ_MMA_DIAG")
+        dispatch.MMA_DIAG = 0
 
 
 def main() -> None:
@@ -47,13 +49,21 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
+    from matgptq.kernels.configs import KernelConfig
+    from matgptq.kernels.dispatch import choose_config
+
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        bitsl = [int(b) for b in args.bits.split(",")]
+    except ValueError:
+        raise SystemExit(f"--shapes {args.shapes!r} --bits {args.bits!r}: write shapes as OUTxIN joined by commas "
+                         "(4096x14336,14336x4096) and widths as integers (2,4)") from None
+    fixed = KernelConfig.from_key(args.config) if args.config else None
+    if fixed is not None and fixed.kind != "mma":
+        raise SystemExit(f"--config {args.config}: the switch is the mma kernel's; pass an mma key "
+                         "(mma:bm8:bn64:sk2:w8:s3:ku2)")
     if not torch.cuda.is_available():
         raise SystemExit("kernel_bounds.py times GPU launches: run it on a CUDA device")
-    from matgptq.kernels.configs import KernelConfig
-    from matgptq.kernels.dispatch import choose_config, run_config
-
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    bitsl = [int(b) for b in args.bits.split(",")]
     bw, _ = kb.copy_bandwidth()
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     rows = []
@@ -66,11 +76,12 @@ def main() -> None:
             copies = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(nbytes) - 1)]
             x = torch.randn(1, k, device="cuda", dtype=torch.float16)
             outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in copies]
-            cfg = KernelConfig.from_key(args.config) if args.config else choose_config(x, pw0, bits)
+            cfg = fixed or choose_config(x, pw0, bits)
             if cfg.kind != "mma":
-                print(f"{n}x{k} b{bits}: the table chooses {cfg.key()}, not an mma launch; pass --config", flush=True)
+                print(f"{n}x{k} b{bits}: skipped, the tuned table serves it with {cfg.key()}, not an mma launch; "
+                      "pass --config with an mma key to time one", flush=True)
                 continue
-            us = {name: round(time_diag(cfg, x, copies, outs, bits, d, run_config), 2) for name, d in VARIANTS.items()}
+            us = {name: round(time_diag(cfg, x, copies, outs, bits, d), 2) for name, d in VARIANTS.items()}
             need = nbytes + 2 * k + 2 * n
             read = round(kb.read_time(need), 2)
             rows.append(dict(shape=f"{n}x{k}", bits=bits, config=cfg.key(), bytes=need, us=us, read_us=read,

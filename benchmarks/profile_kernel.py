@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from matgptq.kernels import dispatch
 from matgptq.kernels.configs import KernelConfig
 from matgptq.kernels.dispatch import choose_config, run_config
 from matgptq.kernels.pack import pack
@@ -29,7 +30,10 @@ def main() -> None:
     ap.add_argument("--rule", default="nested", choices=["nested", "round"])
     ap.add_argument("--config", default=None, help="a kernel config key (e.g. mma:bm8:bn64:sk4:w8:s1:ku2); "
                     "default: what the dispatcher chooses")
+    ap.add_argument("--diag", type=int, default=0, choices=range(8),
+                    help="the mma kernel's kernel_bounds.py switch (7: every stream from cache; wrong results)")
     args = ap.parse_args()
+    dispatch.MMA_DIAG = args.diag
     n, k = (int(v) for v in args.shape.split("x"))
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randint(0, 256, (n, k), generator=g, device="cuda", dtype=torch.uint8)

@@ -194,7 +194,7 @@ def test_units_outer_with_whole_lane_groups(gs):
 
 @pytest.mark.parametrize("stages", [1, 3])
 def test_bounds_switch_reads_the_first_k_tiles(monkeypatch, stages):
-    """benchmarks/kernel_bounds.py's MATGPTQ_MMA_DIAG=7: every stream read from the program's first
+    """benchmarks/kernel_bounds.py's dispatch.MMA_DIAG = 7: every stream read from the program's first
     k-tiles. With all k-tiles alike (codes, scales, zeros and activations repeat every 512
     columns) that changes nothing; with random ones the result is wrong, so the switch is live."""
     cfg = KernelConfig("mma", bn=16, bm=8, split_k=2, num_warps=1, num_stages=stages)
@@ -205,7 +205,7 @@ def test_bounds_switch_reads_the_first_k_tiles(monkeypatch, stages):
     pw = pack(q, s, z, master_bits=8, slicing="nested", group_size=128, layout="fixed", bits=4)
     w = dequantize(q, s, z, 8, 4, "nested", 128, torch.float64)
     x = torch.randn(1, 512, generator=g).half().repeat(1, 3)
-    monkeypatch.setenv("MATGPTQ_MMA_DIAG", "7")
+    monkeypatch.setattr(dispatch, "MMA_DIAG", 7)
     _check(_run(cfg, x, pw, 4), x, w)
     pw2, w2 = _case(32, 1536, 128, "nested", "fixed", 4, asym=True, seed=5)
     x2 = torch.randn(1, 1536, generator=g).half()

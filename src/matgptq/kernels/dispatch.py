@@ -18,6 +18,10 @@ from .configs import KernelConfig
 from .pack import KTILE, V, PackedWeight, ReadPlan, dequantize_packed
 from .triton_decode import lane_consts, triton
 
+# The mma kernel's DIAG switch (bit 0 / 1 / 2: activations / codes / scales read from the first
+# k-tiles): set only by benchmarks/kernel_bounds.py and profile_kernel.py --diag; results are wrong.
+MMA_DIAG = 0
+
 
 def triton_available() -> bool:
     return triton is not None
@@ -190,7 +194,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
         LAM * plan.two_d, 0.0, plan.zoff, plan.zconst,
         RT=cfg.bn // 16, HAS_BIAS=bias is not None, EVEN=pw.k % KTILE == 0, ASM=inline_asm_ok(),
         NS=cfg.num_stages, KU=cfg.k_unroll, HB=1 if x2.shape[0] <= 8 else 2, UO=cfg.units_outer,
-        DIAG=int(os.environ.get("MATGPTQ_MMA_DIAG", "0")),  # benchmarks/kernel_bounds.py only: wrong results
+        DIAG=MMA_DIAG,
         num_warps=cfg.num_warps, num_stages=1, **_regs(cfg), **c,
     )
     return out
