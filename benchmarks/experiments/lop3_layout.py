@@ -28,6 +28,7 @@ tails, the interpreter path and the other kernels (gemv, gemm) on this layout.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -251,13 +252,14 @@ if triton is not None:
 
     @triton.jit
     def _quad(j: tl.constexpr, BITS: tl.constexpr, q64, q16, q4):
+        """The A quad {1, offset, 1, offset} of step j: offset 2^(10 - p) for its field's bit p."""
         if BITS == 4:
             r = q64
-        elif j == 4 or j == 7:
+        elif j == 4 or j == 7:  # p = 8
             r = q4
-        elif j % 2 == 1:
+        elif j == 1 or j == 3 or j == 6:  # p = 6
             r = q16
-        else:
+        else:  # p = 4
             r = q64
         return r
 
@@ -278,18 +280,16 @@ if triton is not None:
         return _off2(_quad(6, BITS, q64, q16, q4), _quad(7, BITS, q64, q16, q4), x3, p, False)
 
     @triton.jit
-    def _load_group(Q, X, S, Z, qa, qb, xo, sa, sb, G, ok, SP, BLK: tl.constexpr, BITS: tl.constexpr,
+    def _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK: tl.constexpr, BITS: tl.constexpr,
                     TPW: tl.constexpr, ZCK: tl.constexpr):
-        """Group G's codes (tile sets a, b), activations, scales and zeros; the scales are 0 unless ok
-        (a group past the program's range contributes nothing)."""
+        """Group G's codes (tile sets a, b), scales and zeros: clamped to the program's last group, and
+        the scales 0 past it (such a group contributes nothing)."""
+        ok = G < g1
+        G = tl.minimum(G, g1 - 1)
         wa0 = tl.load(Q + qa + G * BLK)
         wa1 = wa0
         if BITS == 4:
             wa1 = tl.load(Q + qa + G * BLK + 4)
-        x0 = tl.load(X + xo + G * 64)
-        x1 = tl.load(X + xo + G * 64 + 4)
-        x2 = tl.load(X + xo + G * 64 + 8)
-        x3 = tl.load(X + xo + G * 64 + 12)
         s0 = tl.load(S + sa + G * SP, mask=ok, other=0.0)
         z0 = s0
         if ZCK is None:
@@ -304,24 +304,56 @@ if triton is not None:
             z1 = s1
             if ZCK is None:
                 z1 = tl.load(Z + sb + G * SP)
-        return wa0, wa1, wb0, wb1, x0, x1, x2, x3, s0, s1, z0, z1
+        return wa0, wa1, wb0, wb1, s0, s1, z0, z1
 
     @triton.jit
-    def _do_group(wa0, wa1, wb0, wb1, x0, x1, x2, x3, s0, s1, z0, z1, q64, q16, q4, acca, accb,
+    def _load_half(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK: tl.constexpr, BITS: tl.constexpr,
+                   TPW: tl.constexpr, ZCK: tl.constexpr, U: tl.constexpr):
+        """The codes of groups G .. G + U - 1 (U = 1, 2 or 4), all loads issued together."""
+        c0 = _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK, BITS, TPW, ZCK)
+        c1, c2, c3 = c0, c0, c0
+        if U >= 2:
+            c1 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 1, g1, SP, BLK, BITS, TPW, ZCK)
+        if U == 4:
+            c2 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 2, g1, SP, BLK, BITS, TPW, ZCK)
+            c3 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 3, g1, SP, BLK, BITS, TPW, ZCK)
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _load_x(X, xo, G, g1):
+        G = tl.minimum(G, g1 - 1)
+        return (tl.load(X + xo + G * 64), tl.load(X + xo + G * 64 + 4), tl.load(X + xo + G * 64 + 8),
+                tl.load(X + xo + G * 64 + 12))
+
+    @triton.jit
+    def _do_group(cw, xs, q64, q16, q4, acca, accb,
                   BITS: tl.constexpr, TPW: tl.constexpr, ZCK: tl.constexpr, ONE_ROW: tl.constexpr):
+        wa0, wa1, wb0, wb1, s0, s1, z0, z1 = cw
+        x0, x1, x2, x3 = xs
         p = _offsets(x0, x1, x2, x3, q64, q16, q4, BITS)
         acca = _end(_codes(wa0, wa1, x0, x1, x2, x3, BITS), p, s0, z0, acca, ZCK, ONE_ROW)
         if TPW == 2:
             accb = _end(_codes(wb0, wb1, x0, x1, x2, x3, BITS), p, s1, z1, accb, ZCK, ONE_ROW)
         return acca, accb
 
+    @triton.jit
+    def _do_half(X, xo, G, g1, buf, xs, q64, q16, q4, acca, accb, BITS: tl.constexpr, TPW: tl.constexpr,
+                 ZCK: tl.constexpr, ONE_ROW: tl.constexpr, U: tl.constexpr):
+        """Groups G .. G + U - 1 from buf; each group's activations are loaded one group ahead."""
+        for u in tl.static_range(U):
+            xn = _load_x(X, xo, G + u + 1, g1)
+            acca, accb = _do_group(buf[u], xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
+            xs = xn
+        return acca, accb, xs
+
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
     def lop3_kernel(X, stride_xm, Q, S, Z, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                     NW: tl.constexpr, TPW: tl.constexpr, BITS: tl.constexpr, ZCK: tl.constexpr,
-                    ONE_ROW: tl.constexpr):
+                    ONE_ROW: tl.constexpr, U: tl.constexpr = 1):
         """NW warps (one [NW, 128] tensor row each) times TPW row tiles per warp (tile sets a, b, which
         share the activations and the offset mma); groups GPS * pid_k .. of the K axis (split-K),
-        two per iteration (buffers a / b alternate, no register moves)."""
+        2U per iteration: the codes of U groups (half b) are loaded while the U groups of half a are
+        decoded, and the other way round; the activations one group ahead."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         WPL: tl.constexpr = 2 * BITS  # words per lane and group
@@ -346,21 +378,16 @@ if triton is not None:
         accb = acca
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
-        wa0, wa1, wb0, wb1, x0, x1, x2, x3, s0, s1, z0, z1 = _load_group(
-            Q, X, S, Z, qa, qb, xo, sa, sb, g0, g0 < g1, SP, BLK, BITS, TPW, ZCK)
-        for G in range(g0, g1, 2):
-            # group G + 1's loads (buffer b) go out before group G (buffer a) is decoded
-            ok = G + 1 < g1
-            va0, va1, vb0, vb1, y0, y1, y2, y3, t0, t1, u0, u1 = _load_group(
-                Q, X, S, Z, qa, qb, xo, sa, sb, tl.minimum(G + 1, g1 - 1), ok, SP, BLK, BITS, TPW, ZCK)
+        bufa = _load_half(Q, S, Z, qa, qb, sa, sb, g0, g1, SP, BLK, BITS, TPW, ZCK, U)
+        xs = _load_x(X, xo, g0, g1)
+        for G in range(g0, g1, 2 * U):
+            bufb = _load_half(Q, S, Z, qa, qb, sa, sb, G + U, g1, SP, BLK, BITS, TPW, ZCK, U)
             G = issue_here(G)
-            acca, accb = _do_group(wa0, wa1, wb0, wb1, x0, x1, x2, x3, s0, s1, z0, z1, q64, q16, q4, acca, accb,
-                                   BITS, TPW, ZCK, ONE_ROW)
-            wa0, wa1, wb0, wb1, x0, x1, x2, x3, s0, s1, z0, z1 = _load_group(
-                Q, X, S, Z, qa, qb, xo, sa, sb, tl.minimum(G + 2, g1 - 1), G + 2 < g1, SP, BLK, BITS, TPW, ZCK)
+            acca, accb, xs = _do_half(X, xo, G, g1, bufa, xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW, U)
+            bufa = _load_half(Q, S, Z, qa, qb, sa, sb, G + 2 * U, g1, SP, BLK, BITS, TPW, ZCK, U)
             G = issue_here(G)
-            acca, accb = _do_group(va0, va1, vb0, vb1, y0, y1, y2, y3, t0, t1, u0, u1, q64, q16, q4, acca, accb,
-                                   BITS, TPW, ZCK, ONE_ROW)
+            acca, accb, xs = _do_half(X, xo, G + U, g1, bufb, xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK,
+                                      ONE_ROW, U)
         ocol = 2 * c + e % 2
         finish_tile(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n, pid_k,
                     SPLIT_K, False)
@@ -406,7 +433,7 @@ class Lop3Weight:
         return c
 
 
-def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None):
+def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1):
     """out[M, N] = x[M, K] @ W^T for M <= 8 (fp16)."""
     m = x.shape[0]
     ng = lw.k // 128
@@ -416,11 +443,12 @@ def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None):
     if split_k > 1 and ws is None:
         ws = torch.empty(split_k * m * lw.n, device=x.device, dtype=torch.float32)
         cnt = torch.zeros(2 * grid[0], device=x.device, dtype=torch.int32)
-    elif split_k == 1:
-        ws, cnt = out, out
+    elif ws is None:  # split_k 1: never touched, but typed as the split-K path expects
+        ws = torch.empty(1, device=x.device, dtype=torch.float32)
+        cnt = torch.zeros(1, device=x.device, dtype=torch.int32)
     lop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.s if lw.z is None else lw.z, lw.aq, out,
                       out.stride(0), ws, cnt, m, lw.n, lw.sp, ng, gps, split_k,
-                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, num_warps=warps, num_stages=1)
+                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, U=u, num_warps=warps, num_stages=1)
     return out
 
 
@@ -441,7 +469,7 @@ def check_emulator():
     print("emulator matches float64: layout and offsets are exact")
 
 
-def sass_counts(bits, tpw, warps, zck=2.0, one_row=True):
+def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1):
     """Registers and per-weight SASS of the group loop, compiled offline for sm_90."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -450,7 +478,7 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True):
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "Z": "*u8", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32",
            "CNT": "*i32"}
-    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row)
+    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row, U=u)
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "Z", "AQ", "OUT",
                                                                     "stride_om", "WS", "CNT", "N", "SP")}
@@ -479,7 +507,7 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True):
     if not body:  # labels instead of addresses
         labels = {m.group(1): i for i, (a, t) in enumerate(ins) for m in [re.match(r"(\.L_x_\d+)", t)] if m}
         body = [t for _, t in ins]
-    weights_per_thread = 2 * tpw * 16 * 128 / 32  # two groups per iteration
+    weights_per_thread = 2 * u * tpw * 16 * 128 / 32  # 2u groups per iteration
     mix = Counter(t.split()[0].lstrip("@!P0123456789 ").split(".")[0] if not t.startswith("@") else
                   t.split()[1].split(".")[0] for t in body)
     return regs, len(body), len(body) / weights_per_thread, {k: round(v / weights_per_thread, 3)
@@ -495,6 +523,8 @@ def main():
     ap.add_argument("--batches", default="1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
+    ap.add_argument("--profile", default=None, help="SHAPE:BITS:WARPS:TPW:SK: launch it a few times (for ncu)")
+    ap.add_argument("--scaling", default=None, help="BITS:WARPS:TPW:SK: time N=4096 at K = 1792 .. 28672")
     args = ap.parse_args()
     if args.emulate:
         check_emulator()
@@ -510,6 +540,29 @@ def main():
         if args.out:
             with open(os.path.join(args.out, "lop3_sass.json"), "w") as f:
                 json.dump(rows, f, indent=1)
+        return
+    if args.profile:
+        shape, bits, warps, tpw, sk = args.profile.split(":")
+        n, k = (int(v) for v in shape.split("x"))
+        codes, s, z, x = random_case(n, k, int(bits), 1, device="cuda", asym=False)
+        lw = Lop3Weight(codes, s, z, int(bits), float(1 << (int(bits) - 1)))
+        out = torch.empty(1, n, device="cuda", dtype=torch.float16)
+        for _ in range(6):
+            run(lw, x, out, int(warps), int(tpw), int(sk))
+        torch.cuda.synchronize()
+        return
+    if args.scaling:
+        import kernels as kb
+
+        bits, warps, tpw, sk = (int(v) for v in args.scaling.split(":"))
+        for k in (1792, 3584, 7168, 14336, 28672):
+            codes, s, z, x = random_case(4096, k, bits, 1, device="cuda", asym=False)
+            lw0 = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
+            lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
+            outs = [torch.empty(1, 4096, device="cuda", dtype=torch.float16) for _ in lws]
+            for skk in sorted({1, sk, 2 * sk}):
+                t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, skk) for lw, o in zip(lws, outs)])
+                print(f"scaling {bits}-bit 4096x{k} w{warps} tpw{tpw} sk{skk}: {t:.2f} µs", flush=True)
         return
     gpu_main(args)
 
@@ -528,15 +581,16 @@ def check_gpu():
                     if n % (16 * warps * tpw):
                         continue
                     for sk in (1, 3, 8):
-                        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                        run(lw, x, out, warps, tpw, sk)
-                        err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
-                        bad = not err < 4e-3  # NaN fails
-                        worst = max(worst, err) if not bad else float("inf")
-                        rows.append(dict(bits=bits, n=n, k=k, m=m, asym=asym, warps=warps, tpw=tpw, split_k=sk,
-                                         rel_err=err))
-                        if bad:
-                            print(f"FAIL {bits}-bit {n}x{k} m{m} asym={asym} w{warps} tpw{tpw} sk{sk}: {err}")
+                        for u in (1, 2, 4):
+                            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+                            run(lw, x, out, warps, tpw, sk, u=u)
+                            err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+                            bad = not err < 4e-3  # NaN fails
+                            worst = max(worst, err) if not bad else float("inf")
+                            rows.append(dict(bits=bits, n=n, k=k, m=m, asym=asym, warps=warps, tpw=tpw, split_k=sk,
+                                             u=u, rel_err=err))
+                            if bad:
+                                print(f"FAIL {bits}-bit {n}x{k} m{m} asym={asym} w{warps} tpw{tpw} sk{sk} u{u}: {err}")
     print(f"GPU check: {len(rows)} launches, worst rel err {worst:.2e}", flush=True)
     return rows, worst
 
@@ -570,23 +624,19 @@ def gpu_main(args):
                 nbytes = lw0.bytes_read()
                 lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(nbytes) - 1)]
                 best, best_t, tried = None, float("inf"), {}
-                for warps in (1, 2, 4, 8):
-                    for tpw in (1, 2):
-                        if n % (16 * warps * tpw):
-                            continue
-                        for sk in (1, 2, 4, 8, 16):
-                            if sk > k // 128:
-                                continue
-                            gps = -(-(k // 128) // sk)
-                            skr = -(-(k // 128) // gps)
-                            ws = torch.empty(skr * m * n, device="cuda", dtype=torch.float32)
-                            cnt = torch.zeros(2 * (n // (16 * warps * tpw)), device="cuda", dtype=torch.int32)
-                            t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, ws, cnt)
-                                               for lw, o in zip(lws, outs)])
-                            key = f"w{warps}:tpw{tpw}:sk{sk}"
-                            tried[key] = round(t, 2)
-                            if t < best_t:
-                                best, best_t = key, t
+                for warps, tpw, sk, u in itertools.product((2, 4, 8), (1, 2), (1, 2, 4, 8, 16), (1, 2, 4)):
+                    if n % (16 * warps * tpw) or sk > k // 128:
+                        continue
+                    gps = -(-(k // 128) // sk)
+                    skr = -(-(k // 128) // gps)
+                    ws = torch.empty(skr * m * n, device="cuda", dtype=torch.float32)
+                    cnt = torch.zeros(2 * (n // (16 * warps * tpw)), device="cuda", dtype=torch.int32)
+                    t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, ws, cnt, u)
+                                       for lw, o in zip(lws, outs)])
+                    key = f"w{warps}:tpw{tpw}:sk{sk}:u{u}"
+                    tried[key] = round(t, 2)
+                    if t < best_t:
+                        best, best_t = key, t
                 del lws
                 rd = kb.read_time(nbytes)
                 row = dict(shape=shape, bits=bits, batch=m, lib_us=round(lib_us, 2), lib_config=cfg.key(),
