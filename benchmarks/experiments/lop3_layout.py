@@ -157,6 +157,33 @@ if triton is not None:
 
     MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 
+    @triton.jit
+    def finish_par(acc, mm, nn, M, N, OUT, stride_om, WS, CNT, tile_id, pid_k, SPLIT_K):
+        """finish_tile (matgptq.kernels.triton_decode) with the last program's partial loads issued
+        eight at a time (masked past SPLIT_K) instead of one after another; the same sums in the
+        same order."""
+        mask = (mm < M) & (nn < N)
+        if SPLIT_K == 1:
+            tl.store(OUT + mm * stride_om + nn, acc.to(OUT.dtype.element_ty), mask=mask)
+        else:
+            ws = WS + mm * N + nn
+            tl.store(ws + pid_k * M * N, acc, mask=mask)
+            tl.debug_barrier()
+            old = tl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = tl.zeros_like(acc)
+                for s0 in range(0, SPLIT_K, 4):
+                    p0 = tl.load(ws + s0 * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                    p1 = tl.load(ws + (s0 + 1) * M * N, mask=mask & (s0 + 1 < SPLIT_K), other=0.0, cache_modifier=".cg")
+                    p2 = tl.load(ws + (s0 + 2) * M * N, mask=mask & (s0 + 2 < SPLIT_K), other=0.0, cache_modifier=".cg")
+                    p3 = tl.load(ws + (s0 + 3) * M * N, mask=mask & (s0 + 3 < SPLIT_K), other=0.0, cache_modifier=".cg")
+                    tot += p0
+                    tot += p1
+                    tot += p2
+                    tot += p3
+                tl.store(OUT + mm * stride_om + nn, tot.to(OUT.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+
     @triton.constexpr_function
     def _code_asm(bits, j0, first):
         """Steps j0, j0+1: $0-3 the result, $4-7 the lane's four words, $8-11 the activations of the
@@ -281,11 +308,14 @@ if triton is not None:
 
     @triton.jit
     def _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK: tl.constexpr, BITS: tl.constexpr,
-                    TPW: tl.constexpr, ZCK: tl.constexpr):
+                    TPW: tl.constexpr, ZCK: tl.constexpr, DIAG: tl.constexpr = 0, g0=0):
         """Group G's codes (tile sets a, b), scales and zeros: clamped to the program's last group, and
-        the scales 0 past it (such a group contributes nothing)."""
+        the scales 0 past it (such a group contributes nothing). DIAG & 2 (timing only, wrong
+        results): every group reads the program's first group's codes (cache hits)."""
         ok = G < g1
         G = tl.minimum(G, g1 - 1)
+        if DIAG & 2:
+            G = g0
         wa0 = tl.load(Q + qa + G * BLK)
         wa1 = wa0
         if BITS == 4:
@@ -308,20 +338,23 @@ if triton is not None:
 
     @triton.jit
     def _load_half(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK: tl.constexpr, BITS: tl.constexpr,
-                   TPW: tl.constexpr, ZCK: tl.constexpr, U: tl.constexpr):
+                   TPW: tl.constexpr, ZCK: tl.constexpr, U: tl.constexpr, DIAG: tl.constexpr = 0, g0=0):
         """The codes of groups G .. G + U - 1 (U = 1, 2 or 4), all loads issued together."""
-        c0 = _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK, BITS, TPW, ZCK)
+        c0 = _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK, BITS, TPW, ZCK, DIAG, g0)
         c1, c2, c3 = c0, c0, c0
         if U >= 2:
-            c1 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 1, g1, SP, BLK, BITS, TPW, ZCK)
+            c1 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 1, g1, SP, BLK, BITS, TPW, ZCK, DIAG, g0)
         if U == 4:
-            c2 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 2, g1, SP, BLK, BITS, TPW, ZCK)
-            c3 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 3, g1, SP, BLK, BITS, TPW, ZCK)
+            c2 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 2, g1, SP, BLK, BITS, TPW, ZCK, DIAG, g0)
+            c3 = _load_codes(Q, S, Z, qa, qb, sa, sb, G + 3, g1, SP, BLK, BITS, TPW, ZCK, DIAG, g0)
         return c0, c1, c2, c3
 
     @triton.jit
-    def _load_x(X, xo, G, g1):
+    def _load_x(X, xo, G, g1, DIAG: tl.constexpr = 0, g0=0):
+        """DIAG & 1 (timing only): the program's first group's activations for every group."""
         G = tl.minimum(G, g1 - 1)
+        if DIAG & 1:
+            G = g0
         return (tl.load(X + xo + G * 64), tl.load(X + xo + G * 64 + 4), tl.load(X + xo + G * 64 + 8),
                 tl.load(X + xo + G * 64 + 12))
 
@@ -337,19 +370,36 @@ if triton is not None:
         return acca, accb
 
     @triton.jit
-    def _do_half(X, xo, G, g1, buf, xs, q64, q16, q4, acca, accb, BITS: tl.constexpr, TPW: tl.constexpr,
-                 ZCK: tl.constexpr, ONE_ROW: tl.constexpr, U: tl.constexpr):
-        """Groups G .. G + U - 1 from buf; each group's activations are loaded one group ahead."""
+    def _load_xhalf(X, xo, G, g1, U: tl.constexpr, XB: tl.constexpr, DIAG: tl.constexpr, g0):
+        """XB: the activations of groups G .. G + U - 1, loaded with their codes."""
+        x0 = _load_x(X, xo, G, g1, DIAG, g0)
+        x1, x2, x3 = x0, x0, x0
+        if XB:
+            if U >= 2:
+                x1 = _load_x(X, xo, G + 1, g1, DIAG, g0)
+            if U == 4:
+                x2 = _load_x(X, xo, G + 2, g1, DIAG, g0)
+                x3 = _load_x(X, xo, G + 3, g1, DIAG, g0)
+        return x0, x1, x2, x3
+
+    @triton.jit
+    def _do_half(X, xo, G, g1, buf, xs, xbuf, q64, q16, q4, acca, accb, BITS: tl.constexpr, TPW: tl.constexpr,
+                 ZCK: tl.constexpr, ONE_ROW: tl.constexpr, U: tl.constexpr, XB: tl.constexpr,
+                 DIAG: tl.constexpr, g0):
+        """Groups G .. G + U - 1 from buf; the activations from xbuf (XB) or loaded one group ahead."""
         for u in tl.static_range(U):
-            xn = _load_x(X, xo, G + u + 1, g1)
-            acca, accb = _do_group(buf[u], xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
-            xs = xn
+            if XB:
+                acca, accb = _do_group(buf[u], xbuf[u], q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
+            else:
+                xn = _load_x(X, xo, G + u + 1, g1, DIAG, g0)
+                acca, accb = _do_group(buf[u], xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
+                xs = xn
         return acca, accb, xs
 
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
     def lop3_kernel(X, stride_xm, Q, S, Z, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                     NW: tl.constexpr, TPW: tl.constexpr, BITS: tl.constexpr, ZCK: tl.constexpr,
-                    ONE_ROW: tl.constexpr, U: tl.constexpr = 1):
+                    ONE_ROW: tl.constexpr, U: tl.constexpr = 1, XB: tl.constexpr = 0, DIAG: tl.constexpr = 0):
         """NW warps (one [NW, 128] tensor row each) times TPW row tiles per warp (tile sets a, b, which
         share the activations and the offset mma); groups GPS * pid_k .. of the K axis (split-K),
         2U per iteration: the codes of U groups (half b) are loaded while the U groups of half a are
@@ -378,22 +428,36 @@ if triton is not None:
         accb = acca
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
-        bufa = _load_half(Q, S, Z, qa, qb, sa, sb, g0, g1, SP, BLK, BITS, TPW, ZCK, U)
-        xs = _load_x(X, xo, g0, g1)
+        bufa = _load_half(Q, S, Z, qa, qb, sa, sb, g0, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
+        xa = _load_xhalf(X, xo, g0, g1, U, XB, DIAG, g0)
+        xs = xa[0]
         for G in range(g0, g1, 2 * U):
-            bufb = _load_half(Q, S, Z, qa, qb, sa, sb, G + U, g1, SP, BLK, BITS, TPW, ZCK, U)
+            bufb = _load_half(Q, S, Z, qa, qb, sa, sb, G + U, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
+            if XB:
+                xb = _load_xhalf(X, xo, G + U, g1, U, XB, DIAG, g0)
+            else:
+                xb = xa
             G = issue_here(G)
-            acca, accb, xs = _do_half(X, xo, G, g1, bufa, xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW, U)
-            bufa = _load_half(Q, S, Z, qa, qb, sa, sb, G + 2 * U, g1, SP, BLK, BITS, TPW, ZCK, U)
+            acca, accb, xs = _do_half(X, xo, G, g1, bufa, xs, xa, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW,
+                                      U, XB, DIAG, g0)
+            bufa = _load_half(Q, S, Z, qa, qb, sa, sb, G + 2 * U, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
+            if XB:
+                xa = _load_xhalf(X, xo, G + 2 * U, g1, U, XB, DIAG, g0)
             G = issue_here(G)
-            acca, accb, xs = _do_half(X, xo, G + U, g1, bufb, xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK,
-                                      ONE_ROW, U)
+            acca, accb, xs = _do_half(X, xo, G + U, g1, bufb, xs, xb, q64, q16, q4, acca, accb, BITS, TPW, ZCK,
+                                      ONE_ROW, U, XB, DIAG, g0)
         ocol = 2 * c + e % 2
-        finish_tile(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n, pid_k,
-                    SPLIT_K, False)
-        if TPW == 2:
-            finish_tile(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n + 1,
-                        pid_k, SPLIT_K, False)
+        if DIAG & 4:
+            finish_par(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, WS, CNT, 2 * pid_n, pid_k, SPLIT_K)
+            if TPW == 2:
+                finish_par(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, WS, CNT, 2 * pid_n + 1, pid_k,
+                           SPLIT_K)
+        else:
+            finish_tile(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n, pid_k,
+                        SPLIT_K, False)
+            if TPW == 2:
+                finish_tile(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n + 1,
+                            pid_k, SPLIT_K, False)
 
 
 def aq_table(device):
@@ -433,7 +497,7 @@ class Lop3Weight:
         return c
 
 
-def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1):
+def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1, xb=0, diag=0):
     """out[M, N] = x[M, K] @ W^T for M <= 8 (fp16)."""
     m = x.shape[0]
     ng = lw.k // 128
@@ -448,7 +512,7 @@ def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1):
         cnt = torch.zeros(1, device=x.device, dtype=torch.int32)
     lop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.s if lw.z is None else lw.z, lw.aq, out,
                       out.stride(0), ws, cnt, m, lw.n, lw.sp, ng, gps, split_k,
-                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, U=u, num_warps=warps, num_stages=1)
+                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, U=u, XB=xb, DIAG=diag, num_warps=warps, num_stages=1)
     return out
 
 
@@ -469,7 +533,7 @@ def check_emulator():
     print("emulator matches float64: layout and offsets are exact")
 
 
-def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1):
+def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0):
     """Registers and per-weight SASS of the group loop, compiled offline for sm_90."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -478,7 +542,7 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1):
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "Z": "*u8", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32",
            "CNT": "*i32"}
-    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row, U=u)
+    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row, U=u, XB=xb, DIAG=diag)
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "Z", "AQ", "OUT",
                                                                     "stride_om", "WS", "CNT", "N", "SP")}
@@ -524,6 +588,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     ap.add_argument("--profile", default=None, help="SHAPE:BITS:WARPS:TPW:SK: launch it a few times (for ncu)")
+    ap.add_argument("--diagnose", default=None, help="wK:tpwT:skS:uU:xbX,...: each launch as is and with the "
+                    "activation / code streams read from the first group (cache hits; timing only)")
     ap.add_argument("--scaling", default=None, help="BITS:WARPS:TPW:SK: time N=4096 at K = 1792 .. 28672")
     args = ap.parse_args()
     if args.emulate:
@@ -550,6 +616,30 @@ def main():
         for _ in range(6):
             run(lw, x, out, int(warps), int(tpw), int(sk))
         torch.cuda.synchronize()
+        return
+    if args.diagnose:
+        import kernels as kb
+
+        res = []
+        for shape in args.shapes.split(","):
+            n, k = (int(v) for v in shape.split("x"))
+            for bits in (int(b) for b in args.bits.split(",")):
+                codes, s, z, x = random_case(n, k, bits, 1, device="cuda", asym=False)
+                lw0 = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
+                lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
+                outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in lws]
+                for cfg in args.diagnose.split(","):
+                    warps, tpw, sk, u, xb = (int(v[len(p):]) for v, p in zip(cfg.split(":"), ("w", "tpw", "sk", "u", "xb")))
+                    ts = {}
+                    for name, diag in (("as is", 0), ("x cached", 1), ("codes cached", 2), ("all cached", 3),
+                                       ("parallel finish", 4)):
+                        ts[name] = round(kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, u=u, xb=xb,
+                                                                               diag=diag) for lw, o in zip(lws, outs)]), 2)
+                    res.append(dict(shape=shape, bits=bits, config=cfg, **ts))
+                    print(f"{shape} {bits}-bit {cfg:24s} " + "  ".join(f"{a} {b:6.2f}" for a, b in ts.items()), flush=True)
+        if args.out:
+            with open(os.path.join(args.out, f"lop3_diagnose_{args.tag}.json"), "w") as f:
+                json.dump(res, f, indent=1)
         return
     if args.scaling:
         import kernels as kb
