@@ -350,13 +350,20 @@ if triton is not None:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _load_x(X, xo, G, g1, DIAG: tl.constexpr = 0, g0=0):
-        """DIAG & 1 (timing only): the program's first group's activations for every group."""
+    def _load_x(X, xo, G, g1, DIAG: tl.constexpr = 0, g0=0, xm=None):
+        """DIAG & 1 (timing only): the program's first group's activations for every group. xm: the
+        lanes of batch rows < M; the others load nothing (their registers stay undefined: they only
+        feed mma columns that are never stored), so a batch-1 warp asks memory for 256 bytes of x
+        per group instead of eight copies of it."""
         G = tl.minimum(G, g1 - 1)
         if DIAG & 1:
             G = g0
-        return (tl.load(X + xo + G * 64), tl.load(X + xo + G * 64 + 4), tl.load(X + xo + G * 64 + 8),
-                tl.load(X + xo + G * 64 + 12))
+        p = X + xo + G * 64
+        if xm is None:
+            r = (tl.load(p), tl.load(p + 4), tl.load(p + 8), tl.load(p + 12))
+        else:
+            r = (tl.load(p, mask=xm), tl.load(p + 4, mask=xm), tl.load(p + 8, mask=xm), tl.load(p + 12, mask=xm))
+        return r
 
     @triton.jit
     def _do_group(cw, xs, q64, q16, q4, acca, accb,
@@ -370,28 +377,28 @@ if triton is not None:
         return acca, accb
 
     @triton.jit
-    def _load_xhalf(X, xo, G, g1, U: tl.constexpr, XB: tl.constexpr, DIAG: tl.constexpr, g0):
+    def _load_xhalf(X, xo, G, g1, U: tl.constexpr, XB: tl.constexpr, DIAG: tl.constexpr, g0, xm):
         """XB: the activations of groups G .. G + U - 1, loaded with their codes."""
-        x0 = _load_x(X, xo, G, g1, DIAG, g0)
+        x0 = _load_x(X, xo, G, g1, DIAG, g0, xm)
         x1, x2, x3 = x0, x0, x0
         if XB:
             if U >= 2:
-                x1 = _load_x(X, xo, G + 1, g1, DIAG, g0)
+                x1 = _load_x(X, xo, G + 1, g1, DIAG, g0, xm)
             if U == 4:
-                x2 = _load_x(X, xo, G + 2, g1, DIAG, g0)
-                x3 = _load_x(X, xo, G + 3, g1, DIAG, g0)
+                x2 = _load_x(X, xo, G + 2, g1, DIAG, g0, xm)
+                x3 = _load_x(X, xo, G + 3, g1, DIAG, g0, xm)
         return x0, x1, x2, x3
 
     @triton.jit
     def _do_half(X, xo, G, g1, buf, xs, xbuf, q64, q16, q4, acca, accb, BITS: tl.constexpr, TPW: tl.constexpr,
                  ZCK: tl.constexpr, ONE_ROW: tl.constexpr, U: tl.constexpr, XB: tl.constexpr,
-                 DIAG: tl.constexpr, g0):
+                 DIAG: tl.constexpr, g0, xm):
         """Groups G .. G + U - 1 from buf; the activations from xbuf (XB) or loaded one group ahead."""
         for u in tl.static_range(U):
             if XB:
                 acca, accb = _do_group(buf[u], xbuf[u], q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
             else:
-                xn = _load_x(X, xo, G + u + 1, g1, DIAG, g0)
+                xn = _load_x(X, xo, G + u + 1, g1, DIAG, g0, xm)
                 acca, accb = _do_group(buf[u], xs, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW)
                 xs = xn
         return acca, accb, xs
@@ -399,7 +406,8 @@ if triton is not None:
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
     def lop3_kernel(X, stride_xm, Q, S, Z, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                     NW: tl.constexpr, TPW: tl.constexpr, BITS: tl.constexpr, ZCK: tl.constexpr,
-                    ONE_ROW: tl.constexpr, U: tl.constexpr = 1, XB: tl.constexpr = 0, DIAG: tl.constexpr = 0):
+                    ONE_ROW: tl.constexpr, U: tl.constexpr = 1, XB: tl.constexpr = 0, DIAG: tl.constexpr = 0,
+                    XM: tl.constexpr = 0):
         """NW warps (one [NW, 128] tensor row each) times TPW row tiles per warp (tile sets a, b, which
         share the activations and the offset mma); groups GPS * pid_k .. of the K axis (split-K),
         2U per iteration: the codes of U groups (half b) are loaded while the U groups of half a are
@@ -419,6 +427,9 @@ if triton is not None:
         qa = ta.to(tl.int64) * (NG * BLK) + L * WPL + e  # + G * BLK (+ 4: the second word set)
         qb = tb.to(tl.int64) * (NG * BLK) + L * WPL + e
         xo = tl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0  # int32 units; + 64 G + 4 q
+        xm = None
+        if XM:  # only the lanes of real batch rows load activations
+            xm = (g < M) & (T >= 0)
         sa = ta * 16 + 2 * g + e  # rows 2g .. 2g+3 of the tile (scales / zeros padded by 8); + G * SP
         sb = tb * 16 + 2 * g + e
         q64 = tl.load(AQ + e + T * 0)  # {1, 64, 1, 64}, loaded: registers, not rebuilt constants
@@ -429,23 +440,23 @@ if triton is not None:
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
         bufa = _load_half(Q, S, Z, qa, qb, sa, sb, g0, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
-        xa = _load_xhalf(X, xo, g0, g1, U, XB, DIAG, g0)
+        xa = _load_xhalf(X, xo, g0, g1, U, XB, DIAG, g0, xm)
         xs = xa[0]
         for G in range(g0, g1, 2 * U):
             bufb = _load_half(Q, S, Z, qa, qb, sa, sb, G + U, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
             if XB:
-                xb = _load_xhalf(X, xo, G + U, g1, U, XB, DIAG, g0)
+                xb = _load_xhalf(X, xo, G + U, g1, U, XB, DIAG, g0, xm)
             else:
                 xb = xa
             G = issue_here(G)
             acca, accb, xs = _do_half(X, xo, G, g1, bufa, xs, xa, q64, q16, q4, acca, accb, BITS, TPW, ZCK, ONE_ROW,
-                                      U, XB, DIAG, g0)
+                                      U, XB, DIAG, g0, xm)
             bufa = _load_half(Q, S, Z, qa, qb, sa, sb, G + 2 * U, g1, SP, BLK, BITS, TPW, ZCK, U, DIAG, g0)
             if XB:
-                xa = _load_xhalf(X, xo, G + 2 * U, g1, U, XB, DIAG, g0)
+                xa = _load_xhalf(X, xo, G + 2 * U, g1, U, XB, DIAG, g0, xm)
             G = issue_here(G)
             acca, accb, xs = _do_half(X, xo, G + U, g1, bufb, xs, xb, q64, q16, q4, acca, accb, BITS, TPW, ZCK,
-                                      ONE_ROW, U, XB, DIAG, g0)
+                                      ONE_ROW, U, XB, DIAG, g0, xm)
         ocol = 2 * c + e % 2
         if DIAG & 4:
             finish_par(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, WS, CNT, 2 * pid_n, pid_k, SPLIT_K)
@@ -497,7 +508,7 @@ class Lop3Weight:
         return c
 
 
-def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1, xb=0, diag=0):
+def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1, xb=0, diag=0, xm=0):
     """out[M, N] = x[M, K] @ W^T for M <= 8 (fp16)."""
     m = x.shape[0]
     ng = lw.k // 128
@@ -512,7 +523,7 @@ def run(lw, x, out, warps=2, tpw=1, split_k=1, ws=None, cnt=None, u=1, xb=0, dia
         cnt = torch.zeros(1, device=x.device, dtype=torch.int32)
     lop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.s if lw.z is None else lw.z, lw.aq, out,
                       out.stride(0), ws, cnt, m, lw.n, lw.sp, ng, gps, split_k,
-                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, U=u, XB=xb, DIAG=diag, num_warps=warps, num_stages=1)
+                      NW=warps, TPW=tpw, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, U=u, XB=xb, DIAG=diag, XM=xm, num_warps=warps, num_stages=1)
     return out
 
 
@@ -533,7 +544,7 @@ def check_emulator():
     print("emulator matches float64: layout and offsets are exact")
 
 
-def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0):
+def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0, xm=0):
     """Registers and per-weight SASS of the group loop, compiled offline for sm_90."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -542,7 +553,7 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0):
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "Z": "*u8", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32",
            "CNT": "*i32"}
-    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row, U=u, XB=xb, DIAG=diag)
+    cst = dict(NW=warps, TPW=tpw, BITS=bits, ZCK=zck, ONE_ROW=one_row, U=u, XB=xb, DIAG=diag, XM=xm)
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "Z", "AQ", "OUT",
                                                                     "stride_om", "WS", "CNT", "N", "SP")}
@@ -581,6 +592,7 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--emulate", action="store_true", help="CPU: the packed layout's math against float64")
+    ap.add_argument("--check", action="store_true", help="GPU: only the correctness check")
     ap.add_argument("--sass", action="store_true", help="offline sm_90 SASS counts (no GPU)")
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384,4096x4096")
     ap.add_argument("--bits", default="2,4")
@@ -616,6 +628,9 @@ def main():
         for _ in range(6):
             run(lw, x, out, int(warps), int(tpw), int(sk))
         torch.cuda.synchronize()
+        return
+    if args.check:
+        check_gpu()
         return
     if args.diagnose:
         import kernels as kb
@@ -671,16 +686,35 @@ def check_gpu():
                     if n % (16 * warps * tpw):
                         continue
                     for sk in (1, 3, 8):
-                        for u in (1, 2, 4):
+                        for u, xb in ((1, 0), (2, 0), (4, 0), (1, 1), (2, 1), (4, 1)):
                             out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                            run(lw, x, out, warps, tpw, sk, u=u)
+                            run(lw, x, out, warps, tpw, sk, u=u, xb=xb, diag=4 * (sk == 8))
                             err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
                             bad = not err < 4e-3  # NaN fails
                             worst = max(worst, err) if not bad else float("inf")
                             rows.append(dict(bits=bits, n=n, k=k, m=m, asym=asym, warps=warps, tpw=tpw, split_k=sk,
-                                             u=u, rel_err=err))
+                                             u=u, xb=xb, rel_err=err))
                             if bad:
                                 print(f"FAIL {bits}-bit {n}x{k} m{m} asym={asym} w{warps} tpw{tpw} sk{sk} u{u}: {err}")
+    print(f"GPU check: {len(rows)} launches, worst rel err {worst:.2e}", flush=True)
+    return rows, worst
+
+
+def check_small():
+    """The timed launch shapes on NaN-poisoned outputs against float64 (batch 1 and 3)."""
+    rows, worst = [], 0.0
+    for bits in (2, 4):
+        for n, k, m in ((4096, 14336, 1), (512, 2048, 3)):
+            codes, s, z, x = random_case(n, k, bits, m, seed=n + k + m + bits, device="cuda", asym=False)
+            ref = reference(codes, s, z, x)
+            lw = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
+            for warps, tpw, sk, u, xm in ((4, 1, 7, 2, 1), (4, 2, 4, 4, 1), (4, 1, 4, 4, 0), (4, 2, 8, 2, 0)):
+                out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+                run(lw, x, out, warps, tpw, sk, u=u, xb=1, xm=xm)
+                err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+                worst = max(worst, err) if err < 4e-3 else float("inf")
+                rows.append(dict(bits=bits, n=n, k=k, m=m, warps=warps, tpw=tpw, split_k=sk, u=u, xb=1, xm=xm,
+                                 rel_err=err))
     print(f"GPU check: {len(rows)} launches, worst rel err {worst:.2e}", flush=True)
     return rows, worst
 
@@ -690,7 +724,7 @@ def gpu_main(args):
 
     from matgptq.kernels.dispatch import choose_config, run_config
 
-    checks, worst = check_gpu()
+    checks, worst = check_small()
     bw, _ = kb.copy_bandwidth()
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     res = []
@@ -714,16 +748,16 @@ def gpu_main(args):
                 nbytes = lw0.bytes_read()
                 lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(nbytes) - 1)]
                 best, best_t, tried = None, float("inf"), {}
-                for warps, tpw, sk, u in itertools.product((2, 4, 8), (1, 2), (1, 2, 4, 8, 16), (1, 2, 4)):
-                    if n % (16 * warps * tpw) or sk > k // 128:
+                for warps, tpw, sk, u, xb, xm in itertools.product((4,), (1, 2), (2, 4, 7, 8, 14, 16), (2, 4), (1,),
+                                                                   (0, 1)):
+                    ng = k // 128
+                    if n % (16 * warps * tpw) or ng % sk or (ng // sk) % (2 * u):  # no idle groups
                         continue
-                    gps = -(-(k // 128) // sk)
-                    skr = -(-(k // 128) // gps)
-                    ws = torch.empty(skr * m * n, device="cuda", dtype=torch.float32)
+                    ws = torch.empty(sk * m * n, device="cuda", dtype=torch.float32)
                     cnt = torch.zeros(2 * (n // (16 * warps * tpw)), device="cuda", dtype=torch.int32)
-                    t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, ws, cnt, u)
+                    t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, ws, cnt, u, xb, 0, xm)
                                        for lw, o in zip(lws, outs)])
-                    key = f"w{warps}:tpw{tpw}:sk{sk}:u{u}"
+                    key = f"w{warps}:tpw{tpw}:sk{sk}:u{u}:xb{xb}:xm{xm}"
                     tried[key] = round(t, 2)
                     if t < best_t:
                         best, best_t = key, t
