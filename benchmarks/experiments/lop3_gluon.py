@@ -241,7 +241,7 @@ def main():
             lw0 = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
             lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
             tried = {}
-            for warps, stages in itertools.product((1, 2, 4), (3, 4, 6, 8)):
+            for warps, stages in itertools.product((1, 4), (4, 8)):
                 if n % (16 * warps):
                     continue
                 tried[f"w{warps}:st{stages}"] = round(kb.graph_time(

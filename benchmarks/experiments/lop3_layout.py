@@ -489,9 +489,9 @@ class Lop3Weight:
         self.n, self.k = codes.shape
         self.bits = bits
         self.q = pack(codes, bits)
-        self.sp = self.n + 8
-        self.s = torch.nn.functional.pad(s, (0, 8)).contiguous()
-        self.z = None if sym_zero is not None else torch.nn.functional.pad(z, (0, 8)).contiguous()
+        self.sp = self.n + 16  # a multiple of 16 like n: aligned 8-byte reads
+        self.s = torch.nn.functional.pad(s, (0, 16)).contiguous()
+        self.z = None if sym_zero is not None else torch.nn.functional.pad(z, (0, 16)).contiguous()
         self.zc = sym_zero
         self.aq = aq_table(codes.device)
 
