@@ -21,10 +21,7 @@ import argparse
 import itertools
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import torch
 
@@ -172,29 +169,7 @@ def sass_counts(bits, warps, stages):
     src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
                          attrs=attrs)
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(comp.asm["cubin"])
-        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", path], capture_output=True,
-                             text=True).stdout
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True,
-                              text=True).stdout
-    regs = int(re.search(r"REG:(\d+)", res).group(1))
-    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
-    body = []
-    for a, t in ins:
-        mb = re.search(r"BRA\s+0x([0-9a-f]+)", t)
-        if mb and int(mb.group(1), 16) < a:
-            seg = [u for b, u in ins if int(mb.group(1), 16) <= b <= a]
-            if len(seg) > len(body):
-                body = seg
-    per_thread = 16 * 128 / 32
-    from collections import Counter
-
-    mix = Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body)
-    return regs, len(body), len(body) / per_thread, {k: round(v / per_thread, 3) for k, v in mix.most_common(12)}
+    return L.per_weight(comp, 16 * 128 / 32)  # one group per iteration
 
 
 def main():

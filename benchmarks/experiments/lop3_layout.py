@@ -31,11 +31,7 @@ import argparse
 import itertools
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from collections import Counter
 
 import torch
 
@@ -559,34 +555,17 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0, xm=0
                                                                     "stride_om", "WS", "CNT", "N", "SP")}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()}, attrs=attrs)
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(comp.asm["cubin"])
-        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", path], capture_output=True,
-                             text=True).stdout
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True,
-                              text=True).stdout
-    regs = int(re.search(r"REG:(\d+)", res).group(1))
-    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
-    body = []
-    for i, (a, t) in enumerate(ins):  # the largest backward-branch body
-        mb = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", t)
-        if mb and mb.group(1):
-            tgt = int(mb.group(1), 16)
-            if tgt < a:
-                seg = [u for b, u in ins if tgt <= b <= a]
-                if len(seg) > len(body):
-                    body = seg
-    if not body:  # labels instead of addresses
-        labels = {m.group(1): i for i, (a, t) in enumerate(ins) for m in [re.match(r"(\.L_x_\d+)", t)] if m}
-        body = [t for _, t in ins]
-    weights_per_thread = 2 * u * tpw * 16 * 128 / 32  # 2u groups per iteration
-    mix = Counter(t.split()[0].lstrip("@!P0123456789 ").split(".")[0] if not t.startswith("@") else
-                  t.split()[1].split(".")[0] for t in body)
-    return regs, len(body), len(body) / weights_per_thread, {k: round(v / weights_per_thread, 3)
-                                                             for k, v in mix.most_common(10)}
+    return per_weight(comp, 2 * u * tpw * 16 * 128 / 32)  # 2u groups per iteration
+
+
+def per_weight(comp, weights_per_thread):
+    """Registers, loop length, instructions per weight and the top of the mix (kernel_sass.py's
+    reading of the outermost loop)."""
+    from kernel_sass import loop_mix
+
+    regs, mix = loop_mix(comp)
+    n = sum(mix.values())
+    return regs, n, n / weights_per_thread, {k: round(v / weights_per_thread, 3) for k, v in mix.most_common(10)}
 
 
 def main():
