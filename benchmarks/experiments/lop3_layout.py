@@ -52,7 +52,7 @@ def _split(codes, bits):
     """codes [N, K] -> [t, g, r0, G, c, u, f, r1, h]: u, f the word set and field of step j = 4u + f
     (2 bits: u = 0, f = j)."""
     n, k = codes.shape
-    nf = 16 // bits // 1  # fields per 16-bit half: 8 (2 bits) or 4 (4 bits)
+    nf = 16 // bits  # fields per 16-bit half: 8 (2 bits) or 4 (4 bits)
     nu = 8 // nf
     return codes.view(n // 16, 8, 2, k // 128, 4, nu, nf, 2, 2), nf, nu
 
