@@ -36,6 +36,7 @@ try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 except ImportError:  # pragma: no cover
     gluon = None
 
@@ -146,6 +147,108 @@ if gluon is not None:
         gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=(ocol < M) & (orow < N))
 
 
+    @gluon.jit
+    def _tma_issue(qd, cs, bars, slot, row0, G, NBYTES: gl.constexpr):
+        mbarrier.expect(bars.index(slot), NBYTES)
+        tma.async_copy_global_to_shared(qd, [row0, G, 0], bars.index(slot), cs.index(slot))
+
+    @gluon.jit
+    def _gload_x(X, xo, xm, G):
+        p = X + xo + G * 64
+        return (gl.load(p, mask=xm), gl.load(p + 4, mask=xm), gl.load(p + 8, mask=xm), gl.load(p + 12, mask=xm))
+
+    @gluon.jit
+    def tlop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
+                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
+                     STAGES: gl.constexpr):
+        """The codes by TMA: one [NW tiles, 1 group, BLK words] box per group into a STAGES-deep ring
+        (one mbarrier per slot, expect-tx bytes); the activations and scales by plain loads one
+        group ahead; split-K as finish_tile (partials, a counter, the last program sums)."""
+        LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+        LY8: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
+        QL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
+        BLK: gl.constexpr = 64 * BITS
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        qd = tma.make_tensor_descriptor(Q, shape=[N // 16, NG, BLK], strides=[NG * BLK, BLK, 1],
+                                        block_shape=[NW, 1, BLK], layout=QL)
+        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
+        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
+        Ln = E // 4
+        g = Ln // 4
+        c = Ln % 4
+        e = E % 4
+        ta = pid_n * NW + T
+        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
+        xm = (g < M) & (T >= 0)
+        so = ta * 16 + 2 * g + e
+        q64 = gl.load(AQ + e + T * 0)
+        q16 = gl.load(AQ + 4 + e + T * 0)
+        q4 = gl.load(AQ + 8 + e + T * 0)
+        cs = gl.allocate_shared_memory(gl.int32, [STAGES, NW, 1, BLK], QL)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        g0 = pid_k * GPS
+        g1 = gl.minimum(g0 + GPS, NG)
+        for i in gl.static_range(STAGES - 1):
+            _tma_issue(qd, cs, bars, i, pid_n * NW, gl.minimum(g0 + i, g1 - 1), NW * BLK * 4)
+        xs = _gload_x(X, xo, xm, g0)
+        s = gl.load(S + so + g0 * SP)
+        acc = gl.zeros([NW, 128], gl.float32, LY)
+        for G in range(g0, g1):
+            n = G - g0
+            slot = n % STAGES
+            # every warp has read the slot of group G - 1: it takes group G + STAGES - 1
+            gl.thread_barrier()
+            _tma_issue(qd, cs, bars, (n + STAGES - 1) % STAGES, pid_n * NW, gl.minimum(G + STAGES - 1, g1 - 1),
+                       NW * BLK * 4)
+            xn = _gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
+            sn = gl.load(S + so + gl.minimum(G + 1, g1 - 1) * SP)
+            mbarrier.wait(bars.index(slot), (n // STAGES) & 1)
+            view = cs.index(slot).reshape([NW, BLK])
+            if BITS == 2:
+                w0 = view.load(LY)
+                w1 = w0
+            else:
+                w0, w1 = gl.split(gl.reshape(view.load(LY8), [NW, 32, 2, 4]).permute(0, 1, 3, 2))
+                w0 = gl.convert_layout(gl.reshape(w0, [NW, 128]), LY)
+                w1 = gl.convert_layout(gl.reshape(w1, [NW, 128]), LY)
+            x0, x1, x2, x3 = xs
+            p = _off2(_quad(0, BITS, q64, q16, q4), _quad(1, BITS, q64, q16, q4), x0, acc, True)
+            p = _off2(_quad(2, BITS, q64, q16, q4), _quad(3, BITS, q64, q16, q4), x1, p, False)
+            p = _off2(_quad(4, BITS, q64, q16, q4), _quad(5, BITS, q64, q16, q4), x2, p, False)
+            p = _off2(_quad(6, BITS, q64, q16, q4), _quad(7, BITS, q64, q16, q4), x3, p, False)
+            d = _code2(w0, x0, acc, BITS, 0, True)
+            d = _code2(w0, x1, d, BITS, 2, False)
+            d = _code2(w1, x2, d, BITS, 4, False)
+            d = _code2(w1, x3, d, BITS, 6, False)
+            acc = gl.inline_asm_elementwise(L._end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                            [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+            xs = xn
+            s = sn
+        gl.thread_barrier()
+        for i in gl.static_range(STAGES):  # the clamped refills past g1 land before the ring goes
+            mbarrier.wait(bars.index(i), ((g1 - g0 + STAGES - 1 - i + STAGES - 1) // STAGES - 1) & 1,
+                          pred=i < 0)
+        orow = 16 * ta + 2 * g + e // 2
+        ocol = 2 * c + e % 2
+        mask = (ocol < M) & (orow < N)
+        if SPLIT_K == 1:
+            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
+        else:
+            ws = WS + ocol * N + orow
+            gl.store(ws + pid_k * M * N, acc, mask=mask)
+            gl.thread_barrier()
+            old = gl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = gl.zeros([NW, 128], gl.float32, LY)
+                for k in range(SPLIT_K):
+                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+                gl.atomic_xchg(CNT + pid_n, 0, sem="relaxed", scope="gpu")
+
+
 def run(lw, x, out, warps=4, stages=4):
     m = x.shape[0]
     grid = (lw.n // (16 * warps),)
@@ -155,17 +258,82 @@ def run(lw, x, out, warps=4, stages=4):
     return out
 
 
-def sass_counts(bits, warps, stages):
+def run_tma(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
+    """tlop3_kernel (2 / 4 bits, symmetric zero): its in-kernel TMA descriptor needs a global scratch
+    allocator."""
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=x.device))
+    m = x.shape[0]
+    ng = lw.k // 128
+    gps = triton.cdiv(ng, split_k)
+    split_k = triton.cdiv(ng, gps)
+    grid = (lw.n // (16 * warps), split_k)
+    if ws is None:
+        ws = torch.empty(max(1, split_k * m * lw.n), device=x.device, dtype=torch.float32)
+        cnt = torch.zeros(grid[0], device=x.device, dtype=torch.int32)
+    tlop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
+                       lw.sp, ng, gps, split_k, NW=warps, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, STAGES=stages,
+                       num_warps=warps)
+    return out
+
+
+def tma_main(args, kb, choose_config, run_config):
+    """Check, then time tlop3_kernel against the library on the acceptance shapes (batch 1)."""
+    worst = 0.0
+    for bits in (2, 4):
+        for n, k, m in ((4096, 14336, 1), (512, 2048, 3)):
+            codes, s, z, x = L.random_case(n, k, bits, m, seed=n + k + bits, device="cuda", asym=False)
+            ref = L.reference(codes, s, z, x)
+            lw = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
+            for warps, stages, sk in ((4, 4, 1), (4, 8, 4), (1, 4, 2)):
+                out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+                run_tma(lw, x, out, warps, stages, sk)
+                err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+                worst = max(worst, err) if err < 4e-3 else float("inf")
+    print(f"TMA check: worst rel err {worst:.2e}", flush=True)
+    bw, _ = kb.copy_bandwidth()
+    rows = []
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        ng = k // 128
+        for bits in (int(b) for b in args.bits.split(",")):
+            pw0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
+            copies = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in copies]
+            cfg = choose_config(x, pw0, bits)
+            lib = kb.graph_time([lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(copies, outs)])
+            del copies
+            codes, s, z, _ = L.random_case(n, k, bits, 1, seed=bits, device="cuda", asym=False)
+            lw0 = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
+            lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
+            tried = {}
+            for stages, sk in itertools.product((4, 8), [v for v in (2, 4, 7, 8, 14) if ng % v == 0][-2:]):
+                ws = torch.empty(sk * n, device="cuda", dtype=torch.float32)
+                cnt = torch.zeros(n // 64, device="cuda", dtype=torch.int32)
+                tried[f"w4:st{stages}:sk{sk}"] = round(kb.graph_time(
+                    [lambda lw=lw, o=o: run_tma(lw, x, o, 4, stages, sk, ws, cnt) for lw, o in zip(lws, outs)]), 2)
+            best = min(tried, key=tried.get)
+            pct = 100 * lw0.bytes_read() / (tried[best] * 1e-6) / bw
+            rows.append(dict(shape=shape, bits=bits, lib_us=round(lib, 2), us=tried[best], config=best,
+                             pct_copy=round(pct, 1), tried=tried))
+            print(f"{shape:>11} {bits}-bit  library {lib:7.2f} µs  tma {tried[best]:7.2f} µs ({pct:5.1f}%)  {tried}",
+                  flush=True)
+    if args.out:
+        with open(os.path.join(args.out, f"lop3_tma_{args.tag}.json"), "w") as f:
+            json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, rows=rows), f, indent=1)
+
+
+def sass_counts(bits, warps, stages, kernel="cp"):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    fn = glop3_kernel
+    fn = glop3_kernel if kernel == "cp" else tlop3_kernel
     names = fn.arg_names
-    ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16"}
+    ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
     cst = dict(NW=warps, BITS=bits, ZCK=float(1 << (bits - 1)), ONE_ROW=True, STAGES=stages)
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
-                                                                    "stride_om", "N", "SP")}
+                                                                    "stride_om", "N", "SP", "WS", "CNT") if n in names}
     src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
                          attrs=attrs)
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
@@ -175,6 +343,7 @@ def sass_counts(bits, warps, stages):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sass", action="store_true")
+    ap.add_argument("--tma", action="store_true", help="the TMA-ring kernel (tlop3_kernel) instead")
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384")
     ap.add_argument("--bits", default="2,4")
     ap.add_argument("--out", default=None)
@@ -187,6 +356,10 @@ def main():
     import kernels as kb
 
     from matgptq.kernels.dispatch import choose_config, run_config
+
+    if args.tma:
+        tma_main(args, kb, choose_config, run_config)
+        return
 
     worst = 0.0
     for bits in (2, 4):
