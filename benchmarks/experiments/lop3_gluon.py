@@ -228,9 +228,8 @@ if gluon is not None:
             xs = xn
             s = sn
         gl.thread_barrier()
-        for i in gl.static_range(STAGES):  # the clamped refills past g1 land before the ring goes
-            mbarrier.wait(bars.index(i), ((g1 - g0 + STAGES - 1 - i + STAGES - 1) // STAGES - 1) & 1,
-                          pred=i < 0)
+        for j in range(g1 - g0, g1 - g0 + STAGES - 1):  # the refills past g1 land before the ring goes
+            mbarrier.wait(bars.index(j % STAGES), (j // STAGES) & 1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
         mask = (ocol < M) & (orow < N)
