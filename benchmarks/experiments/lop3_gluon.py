@@ -8,11 +8,16 @@ groups in flight per warp, and deeper register buffers cost registers and occupa
 lane copies its own 16-byte pieces (the same distributed layout for the copy and for the load
 back), so a group's data can be STAGES - 1 groups ahead for the cost of shared memory only.
 
+``tlop3_kernel`` (``--tma``) takes the codes by TMA instead: one box of the CTA's row tiles per group
+into an mbarrier ring, the activations and scales by plain loads one group ahead, with split-K.
+
     PYTHONPATH=<Triton 3.6>:src python benchmarks/experiments/lop3_gluon.py --sass   # offline counts
     python benchmarks/experiments/lop3_gluon.py --out DIR                               # GPU: check, time
+    python benchmarks/experiments/lop3_gluon.py --tma --out DIR                         # the TMA kernel
 
-Not done: split-K (each program covers the whole K range, so mid shapes get few programs), tile
-sets (TPW), zero points other than the one symmetric constant.
+Measured (benchmarks/experiments/README.md): both correct, both slower than the library. Not done:
+split-K in ``glop3_kernel``, tile sets (TPW), zero points other than the one symmetric constant, a
+producer warp for the TMA issue.
 """
 
 from __future__ import annotations
