@@ -10,10 +10,13 @@ back), so a group's data can be STAGES - 1 groups ahead for the cost of shared m
 
 ``tlop3_kernel`` (``--tma``) takes the codes by TMA instead: one box of the CTA's row tiles per group
 into an mbarrier ring, the activations and scales by plain loads one group ahead, with split-K.
+``wlop3_kernel`` (``--ws``) is the same with warp specialization: a producer warp issues the TMA,
+four consumer warps free each slot through an "empty" mbarrier (compiled offline, not yet run).
 
     PYTHONPATH=<Triton 3.6>:src python benchmarks/experiments/lop3_gluon.py --sass   # offline counts
     python benchmarks/experiments/lop3_gluon.py --out DIR                               # GPU: check, time
     python benchmarks/experiments/lop3_gluon.py --tma --out DIR                         # the TMA kernel
+    python benchmarks/experiments/lop3_gluon.py --ws --out DIR                          # warp-specialized
 
 Measured (benchmarks/experiments/README.md): both correct, both slower than the library. Not done:
 split-K in ``glop3_kernel``, tile sets (TPW), zero points other than the one symmetric constant, a
@@ -253,6 +256,118 @@ if gluon is not None:
                 gl.atomic_xchg(CNT + pid_n, 0, sem="relaxed", scope="gpu")
 
 
+    @gluon.jit
+    def _ws_producer(qd, cs, ready, empty, row0, g0, g1, STAGES: gl.constexpr, NBYTES: gl.constexpr):
+        """One warp: the TMA of group G's codes into slot G % STAGES once the consumer has freed it."""
+        for G in range(g0, g1):
+            n = G - g0
+            slot = n % STAGES
+            mbarrier.wait(empty.index(slot), ((n // STAGES) - 1) & 1, pred=n >= STAGES)
+            mbarrier.expect(ready.index(slot), NBYTES)
+            tma.async_copy_global_to_shared(qd, [row0, G, 0], ready.index(slot), cs.index(slot))
+
+    @gluon.jit
+    def _ws_consumer(X, stride_xm, S, AQ, cs, ready, empty, M, SP, g0, g1, pid_n, BITS: gl.constexpr,
+                     ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr):
+        """Four warps, a row tile each: wait for a slot, read it, free it (after a barrier of the four),
+        decode."""
+        LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [4, 1], [1, 0])
+        LY8: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+        BLK: gl.constexpr = 64 * BITS
+        T = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(1, LY)), 1)
+        tile = pid_n * 4 + T
+        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
+        Ln = E // 4
+        g = Ln // 4
+        c = Ln % 4
+        e = E % 4
+        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
+        xm = (g < M) & (T >= 0)
+        so = tile * 16 + 2 * g + e + T * 0
+        q64 = gl.load(AQ + e + T * 0)
+        q16 = gl.load(AQ + 4 + e + T * 0)
+        q4 = gl.load(AQ + 8 + e + T * 0)
+        xs = _gload_x(X, xo, xm, g0)
+        s = gl.load(S + so + g0 * SP)
+        acc = gl.zeros([4, 128], gl.float32, LY)
+        for G in range(g0, g1):
+            n = G - g0
+            slot = n % STAGES
+            xn = _gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
+            sn = gl.load(S + so + gl.minimum(G + 1, g1 - 1) * SP)
+            mbarrier.wait(ready.index(slot), (n // STAGES) & 1)
+            view = cs.index(slot).reshape([4, BLK])
+            if BITS == 2:
+                w0 = view.load(LY)
+                w1 = w0
+            else:
+                w0, w1 = gl.split(gl.reshape(view.load(LY8), [4, 32, 2, 4]).permute(0, 1, 3, 2))
+                w0 = gl.convert_layout(gl.reshape(w0, [4, 128]), LY)
+                w1 = gl.convert_layout(gl.reshape(w1, [4, 128]), LY)
+            gl.thread_barrier()  # all four warps have read the slot
+            mbarrier.arrive(empty.index(slot), count=1)
+            x0, x1, x2, x3 = xs
+            p = _off2(_quad(0, BITS, q64, q16, q4), _quad(1, BITS, q64, q16, q4), x0, acc, True)
+            p = _off2(_quad(2, BITS, q64, q16, q4), _quad(3, BITS, q64, q16, q4), x1, p, False)
+            p = _off2(_quad(4, BITS, q64, q16, q4), _quad(5, BITS, q64, q16, q4), x2, p, False)
+            p = _off2(_quad(6, BITS, q64, q16, q4), _quad(7, BITS, q64, q16, q4), x3, p, False)
+            d = _code2(w0, x0, acc, BITS, 0, True)
+            d = _code2(w0, x1, d, BITS, 2, False)
+            d = _code2(w1, x2, d, BITS, 4, False)
+            d = _code2(w1, x3, d, BITS, 6, False)
+            acc = gl.inline_asm_elementwise(L._end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                            [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+            xs = xn
+            s = sn
+        return (acc,)
+
+    @gluon.jit
+    def wlop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
+                     BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr):
+        """tlop3_kernel with warp specialization: a producer warp issues the TMA ring, four consumer warps
+        (the default partition, num_warps=4) decode a row tile each; one barrier of the four per group."""
+        LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [4, 1], [1, 0])
+        QL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
+        BLK: gl.constexpr = 64 * BITS
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        qd = tma.make_tensor_descriptor(Q, shape=[N // 16, NG, BLK], strides=[NG * BLK, BLK, 1],
+                                        block_shape=[4, 1, BLK], layout=QL)
+        cs = gl.allocate_shared_memory(gl.int32, [STAGES, 4, 1, BLK], QL)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        g0 = pid_k * GPS
+        g1 = gl.minimum(g0 + GPS, NG)
+        (acc,) = gl.warp_specialize([(_ws_consumer, (X, stride_xm, S, AQ, cs, ready, empty, M, SP, g0, g1, pid_n, BITS,
+                                                  ZCK, ONE_ROW, STAGES)),
+                                  (_ws_producer, (qd, cs, ready, empty, pid_n * 4, g0, g1, STAGES, 4 * BLK * 4))],
+                                 [1], [24])
+        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
+        T = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(1, LY)), 1)
+        g = E // 16
+        c = E // 4 % 4
+        e = E % 4
+        orow = 16 * (pid_n * 4 + T) + 2 * g + e // 2
+        ocol = 2 * c + e % 2 + T * 0
+        mask = (ocol < M) & (orow < N)
+        if SPLIT_K == 1:
+            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
+        else:
+            ws = WS + ocol * N + orow
+            gl.store(ws + pid_k * M * N, acc, mask=mask)
+            gl.thread_barrier()
+            old = gl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = gl.zeros([4, 128], gl.float32, LY)
+                for k in range(SPLIT_K):
+                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+                gl.atomic_xchg(CNT + pid_n, 0, sem="relaxed", scope="gpu")
+
+
 def run(lw, x, out, warps=4, stages=4):
     m = x.shape[0]
     grid = (lw.n // (16 * warps),)
@@ -280,17 +395,36 @@ def run_tma(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
     return out
 
 
-def tma_main(args, kb, choose_config, run_config):
-    """Check, then time tlop3_kernel against the library on the acceptance shapes (batch 1)."""
+def run_ws(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
+    """wlop3_kernel: four consumer warps (num_warps=4) plus the producer warp; ``warps`` must be 4."""
+    assert warps == 4, "wlop3_kernel's consumers are one warp group"
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=x.device))
+    m = x.shape[0]
+    ng = lw.k // 128
+    gps = triton.cdiv(ng, split_k)
+    split_k = triton.cdiv(ng, gps)
+    grid = (lw.n // 64, split_k)
+    if ws is None:
+        ws = torch.empty(max(1, split_k * m * lw.n), device=x.device, dtype=torch.float32)
+        cnt = torch.zeros(grid[0], device=x.device, dtype=torch.int32)
+    wlop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
+                       lw.sp, ng, gps, split_k, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, STAGES=stages, num_warps=4)
+    return out
+
+
+def tma_main(args, kb, choose_config, run_config, runner=None):
+    """Check, then time tlop3_kernel (or runner: run_ws) against the library on the acceptance shapes
+    (batch 1)."""
+    run_tma_ = runner or run_tma
     worst = 0.0
     for bits in (2, 4):
         for n, k, m in ((4096, 14336, 1), (512, 2048, 3)):
             codes, s, z, x = L.random_case(n, k, bits, m, seed=n + k + bits, device="cuda", asym=False)
             ref = L.reference(codes, s, z, x)
             lw = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
-            for warps, stages, sk in ((4, 4, 1), (4, 8, 4), (1, 4, 2)):
+            for warps, stages, sk in ((4, 4, 1), (4, 8, 4), (4, 4, 2)):
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                run_tma(lw, x, out, warps, stages, sk)
+                run_tma_(lw, x, out, warps, stages, sk)
                 err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
                 worst = max(worst, err) if err < 4e-3 else float("inf")
     print(f"TMA check: worst rel err {worst:.2e}", flush=True)
@@ -315,7 +449,7 @@ def tma_main(args, kb, choose_config, run_config):
                 ws = torch.empty(sk * n, device="cuda", dtype=torch.float32)
                 cnt = torch.zeros(n // 64, device="cuda", dtype=torch.int32)
                 tried[f"w4:st{stages}:sk{sk}"] = round(kb.graph_time(
-                    [lambda lw=lw, o=o: run_tma(lw, x, o, 4, stages, sk, ws, cnt) for lw, o in zip(lws, outs)]), 2)
+                    [lambda lw=lw, o=o: run_tma_(lw, x, o, 4, stages, sk, ws, cnt) for lw, o in zip(lws, outs)]), 2)
             best = min(tried, key=tried.get)
             pct = 100 * lw0.bytes_read() / (tried[best] * 1e-6) / bw
             rows.append(dict(shape=shape, bits=bits, lib_us=round(lib, 2), us=tried[best], config=best,
@@ -323,7 +457,8 @@ def tma_main(args, kb, choose_config, run_config):
             print(f"{shape:>11} {bits}-bit  library {lib:7.2f} µs  tma {tried[best]:7.2f} µs ({pct:5.1f}%)  {tried}",
                   flush=True)
     if args.out:
-        with open(os.path.join(args.out, f"lop3_tma_{args.tag}.json"), "w") as f:
+        name = "tma" if runner is None else "ws"
+        with open(os.path.join(args.out, f"lop3_{name}_{args.tag}.json"), "w") as f:
             json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, rows=rows), f, indent=1)
 
 
@@ -331,10 +466,11 @@ def sass_counts(bits, warps, stages, kernel="cp"):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    fn = glop3_kernel if kernel == "cp" else tlop3_kernel
+    fn = {"cp": glop3_kernel, "tma": tlop3_kernel, "ws": wlop3_kernel}[kernel]
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
     cst = dict(NW=warps, BITS=bits, ZCK=float(1 << (bits - 1)), ONE_ROW=True, STAGES=stages)
+    cst = {k: v for k, v in cst.items() if k in names}
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT") if n in names}
@@ -348,6 +484,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sass", action="store_true")
     ap.add_argument("--tma", action="store_true", help="the TMA-ring kernel (tlop3_kernel) instead")
+    ap.add_argument("--ws", action="store_true", help="the warp-specialized TMA kernel (wlop3_kernel) instead")
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384")
     ap.add_argument("--bits", default="2,4")
     ap.add_argument("--out", default=None)
@@ -361,8 +498,8 @@ def main():
 
     from matgptq.kernels.dispatch import choose_config, run_config
 
-    if args.tma:
-        tma_main(args, kb, choose_config, run_config)
+    if args.tma or args.ws:
+        tma_main(args, kb, choose_config, run_config, run_ws if args.ws else None)
         return
 
     worst = 0.0
