@@ -67,8 +67,10 @@ def compile_sm90(kernel: str, layout: str, bits: int, bm: int, bn: int, warps: i
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def loop_sass(compiled) -> tuple[int, list[str]]:
-    """Registers and the SASS instructions of the outermost loop (the largest backward-branch body)."""
+def loop_sass(compiled, keep=None) -> tuple[int, list[str]]:
+    """Registers and the SASS instructions of the outermost loop (the largest backward-branch body;
+    with ``keep``, the smallest body for which keep(body) holds, e.g. the loop with the mmas rather
+    than a wait-retry branch around it)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -82,14 +84,16 @@ def loop_sass(compiled) -> tuple[int, list[str]]:
         m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) < addr:
             body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            if len(body) > len(best):
+            if keep is None and len(body) > len(best):
+                best = body
+            elif keep is not None and keep(body) and (not best or len(body) < len(best)):
                 best = body
     return regs, best
 
 
-def loop_mix(compiled) -> tuple[int, Counter]:
-    """Registers and the opcode counts of the outermost loop."""
-    regs, body = loop_sass(compiled)
+def loop_mix(compiled, keep=None) -> tuple[int, Counter]:
+    """Registers and the opcode counts of the outermost loop (``keep``: see :func:`loop_sass`)."""
+    regs, body = loop_sass(compiled, keep)
     return regs, Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body)
 
 

@@ -558,12 +558,14 @@ def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0, xm=0
     return per_weight(comp, 2 * u * tpw * 16 * 128 / 32)  # 2u groups per iteration
 
 
-def per_weight(comp, weights_per_thread):
+def per_weight(comp, weights_per_thread, mmas=None):
     """Registers, loop length, instructions per weight and the top of the mix (kernel_sass.py's
-    reading of the outermost loop)."""
+    reading of the outermost loop; mmas: the loop with that many HMMA, e.g. a warp-specialized
+    kernel's consumer loop rather than its wait-retry paths)."""
     from kernel_sass import loop_mix
 
-    regs, mix = loop_mix(comp)
+    keep = None if mmas is None else (lambda body: sum("HMMA" in t for t in body) == mmas)
+    regs, mix = loop_mix(comp, keep)
     n = sum(mix.values())
     return regs, n, n / weights_per_thread, {k: round(v / weights_per_thread, 3) for k, v in mix.most_common(10)}
 
