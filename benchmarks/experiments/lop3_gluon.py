@@ -162,6 +162,25 @@ if gluon is not None:
 
 
     @gluon.jit
+    def _finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, tile_id, pid_k, SPLIT_K):
+        """matgptq.kernels.triton_decode.finish_tile in Gluon: the partial to the workspace, a
+        counter per program, the last program sums the partials in order and stores fp16."""
+        mask = (ocol < M) & (orow < N)
+        if SPLIT_K == 1:
+            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
+        else:
+            ws = WS + ocol * N + orow
+            gl.store(ws + pid_k * M * N, acc, mask=mask)
+            gl.thread_barrier()
+            old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = gl.zeros_like(acc)
+                for k in range(SPLIT_K):
+                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+                gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+
+    @gluon.jit
     def _tma_issue(qd, cs, bars, slot, row0, G, NBYTES: gl.constexpr):
         mbarrier.expect(bars.index(slot), NBYTES)
         tma.async_copy_global_to_shared(qd, [row0, G, 0], bars.index(slot), cs.index(slot))
@@ -237,20 +256,7 @@ if gluon is not None:
             mbarrier.wait(bars.index(j % STAGES), (j // STAGES) & 1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
-        mask = (ocol < M) & (orow < N)
-        if SPLIT_K == 1:
-            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
-        else:
-            ws = WS + ocol * N + orow
-            gl.store(ws + pid_k * M * N, acc, mask=mask)
-            gl.thread_barrier()
-            old = gl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
-            if old == SPLIT_K - 1:
-                tot = gl.zeros([NW, 128], gl.float32, LY)
-                for k in range(SPLIT_K):
-                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
-                gl.atomic_xchg(CNT + pid_n, 0, sem="relaxed", scope="gpu")
+        _finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n, pid_k, SPLIT_K)
 
 
     @gluon.jit
@@ -340,29 +346,26 @@ if gluon is not None:
         e = E % 4
         orow = 16 * (pid_n * 4 + T) + 2 * g + e // 2
         ocol = 2 * c + e % 2 + T * 0
-        mask = (ocol < M) & (orow < N)
-        if SPLIT_K == 1:
-            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
-        else:
-            ws = WS + ocol * N + orow
-            gl.store(ws + pid_k * M * N, acc, mask=mask)
-            gl.thread_barrier()
-            old = gl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
-            if old == SPLIT_K - 1:
-                tot = gl.zeros([4, 128], gl.float32, LY)
-                for k in range(SPLIT_K):
-                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
-                gl.atomic_xchg(CNT + pid_n, 0, sem="relaxed", scope="gpu")
+        _finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n, pid_k, SPLIT_K)
 
 
-def run(lw, x, out, warps=4, stages=4):
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
+    """glop3_kernel (cp.async ring, no split-K: ``split_k`` must be 1)."""
+    assert split_k == 1, "glop3_kernel has no split-K"
     m = x.shape[0]
     grid = (lw.n // (16 * warps),)
     glop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), m, lw.n, lw.sp,
                        lw.k // 128, NW=warps, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, STAGES=stages,
                        num_warps=warps)
     return out
+
+
+def _split_buffers(lw, m, split_k, tiles, device):
+    """The split-K workspace and per-program counters (the split rounded as the kernels round it)."""
+    ng = lw.k // 128
+    split_k = triton.cdiv(ng, triton.cdiv(ng, split_k))
+    return (torch.empty(max(1, split_k * m * lw.n), device=device, dtype=torch.float32),
+            torch.zeros(tiles, device=device, dtype=torch.int32))
 
 
 def run_tma(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
@@ -375,8 +378,7 @@ def run_tma(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None):
     split_k = triton.cdiv(ng, gps)
     grid = (lw.n // (16 * warps), split_k)
     if ws is None:
-        ws = torch.empty(max(1, split_k * m * lw.n), device=x.device, dtype=torch.float32)
-        cnt = torch.zeros(grid[0], device=x.device, dtype=torch.int32)
+        ws, cnt = _split_buffers(lw, m, split_k, grid[0], x.device)
     tlop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
                        lw.sp, ng, gps, split_k, NW=warps, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, STAGES=stages,
                        num_warps=warps)
@@ -395,35 +397,37 @@ def run_ws(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, maxnreg=
     split_k = triton.cdiv(ng, gps)
     grid = (lw.n // 64, split_k)
     if ws is None:
-        ws = torch.empty(max(1, split_k * m * lw.n), device=x.device, dtype=torch.float32)
-        cnt = torch.zeros(grid[0], device=x.device, dtype=torch.int32)
+        ws, cnt = _split_buffers(lw, m, split_k, grid[0], x.device)
     wlop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
                        lw.sp, ng, gps, split_k, BITS=lw.bits, ZCK=lw.zc, ONE_ROW=m == 1, STAGES=stages, num_warps=4,
                        maxnreg=maxnreg)
     return out
 
 
-def tma_main(args, kb, choose_config, run_config, runner=None):
-    """Check, then time tlop3_kernel (or runner: run_ws) against the library on the acceptance shapes
-    (batch 1)."""
-    run_tma_ = runner or run_tma
+def compare(args, runner, checks, configs, name):
+    """NaN-poisoned checks against float64 (launches ``checks``: (warps, stages, split_k)), then
+    batch-1 timings against the library on ``args.shapes`` (``configs(n, groups)``: the launches
+    tried); prints a table and writes lop3_NAME_TAG.json."""
+    import kernels as kb
+
+    from matgptq.kernels.dispatch import choose_config, run_config
+
     worst = 0.0
     for bits in (2, 4):
         for n, k, m in ((4096, 14336, 1), (512, 2048, 3)):
             codes, s, z, x = L.random_case(n, k, bits, m, seed=n + k + bits, device="cuda", asym=False)
             ref = L.reference(codes, s, z, x)
             lw = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
-            for warps, stages, sk in ((4, 4, 1), (4, 8, 4), (4, 4, 2)):
+            for warps, stages, sk in checks:
                 out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                run_tma_(lw, x, out, warps, stages, sk)
+                runner(lw, x, out, warps, stages, sk)
                 err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
                 worst = max(worst, err) if err < 4e-3 else float("inf")
-    print(f"TMA check: worst rel err {worst:.2e}", flush=True)
+    print(f"{name} check: worst rel err {worst:.2e}", flush=True)
     bw, _ = kb.copy_bandwidth()
     rows = []
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
-        ng = k // 128
         for bits in (int(b) for b in args.bits.split(",")):
             pw0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
             copies = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
@@ -436,21 +440,24 @@ def tma_main(args, kb, choose_config, run_config, runner=None):
             lw0 = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
             lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
             tried = {}
-            for stages, sk in itertools.product((4, 8), [v for v in (2, 4, 7, 8, 14) if ng % v == 0][-2:]):
-                ws = torch.empty(sk * n, device="cuda", dtype=torch.float32)
-                cnt = torch.zeros(n // 64, device="cuda", dtype=torch.int32)
-                tried[f"w4:st{stages}:sk{sk}"] = round(kb.graph_time(
-                    [lambda lw=lw, o=o: run_tma_(lw, x, o, 4, stages, sk, ws, cnt) for lw, o in zip(lws, outs)]), 2)
+            for warps, stages, sk in configs(n, k // 128):
+                ws, cnt = _split_buffers(lw0, 1, sk, n // 16, "cuda")
+                tried[f"w{warps}:st{stages}:sk{sk}"] = round(kb.graph_time(
+                    [lambda lw=lw, o=o: runner(lw, x, o, warps, stages, sk, ws, cnt) for lw, o in zip(lws, outs)]), 2)
             best = min(tried, key=tried.get)
             pct = 100 * lw0.bytes_read() / (tried[best] * 1e-6) / bw
             rows.append(dict(shape=shape, bits=bits, lib_us=round(lib, 2), us=tried[best], config=best,
                              pct_copy=round(pct, 1), tried=tried))
-            print(f"{shape:>11} {bits}-bit  library {lib:7.2f} µs  tma {tried[best]:7.2f} µs ({pct:5.1f}%)  {tried}",
+            print(f"{shape:>11} {bits}-bit  library {lib:7.2f} µs  {name} {tried[best]:7.2f} µs ({pct:5.1f}%)  {tried}",
                   flush=True)
     if args.out:
-        name = "tma" if runner is None else "ws"
         with open(os.path.join(args.out, f"lop3_{name}_{args.tag}.json"), "w") as f:
             json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, rows=rows), f, indent=1)
+
+
+def _splits(ng):
+    """The two largest of 2, 4, 7, 8, 14 that divide the group count (no idle groups)."""
+    return [v for v in (2, 4, 7, 8, 14) if ng % v == 0][-2:]
 
 
 def sass_counts(bits, warps, stages, kernel="cp", maxnreg=None):
@@ -494,56 +501,15 @@ def main():
             with open(os.path.join(args.out, "lop3_gluon_sass_triton36.json"), "w") as f:
                 json.dump(rows, f, indent=1)
         return
-    import kernels as kb
-
-    from matgptq.kernels.dispatch import choose_config, run_config
-
-    if args.tma or args.ws:
-        tma_main(args, kb, choose_config, run_config, run_ws if args.ws else None)
-        return
-
-    worst = 0.0
-    for bits in (2, 4):
-        for n, k, m in ((4096, 14336, 1), (512, 2048, 3)):
-            codes, s, z, x = L.random_case(n, k, bits, m, seed=n + k + bits, device="cuda", asym=False)
-            ref = L.reference(codes, s, z, x)
-            lw = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
-            for warps, stages in ((1, 3), (4, 6), (2, 8)):
-                out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                run(lw, x, out, warps, stages)
-                err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
-                worst = max(worst, err) if err < 4e-3 else float("inf")
-    print(f"GPU check: worst rel err {worst:.2e}", flush=True)
-    bw, _ = kb.copy_bandwidth()
-    rows = []
-    for shape in args.shapes.split(","):
-        n, k = (int(v) for v in shape.split("x"))
-        for bits in (int(b) for b in args.bits.split(",")):
-            pw0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
-            copies = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
-            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-            outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in copies]
-            cfg = choose_config(x, pw0, bits)
-            lib = kb.graph_time([lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(copies, outs)])
-            del copies
-            codes, s, z, _ = L.random_case(n, k, bits, 1, seed=bits, device="cuda", asym=False)
-            lw0 = L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
-            lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
-            tried = {}
-            for warps, stages in itertools.product((1, 4), (4, 8)):
-                if n % (16 * warps):
-                    continue
-                tried[f"w{warps}:st{stages}"] = round(kb.graph_time(
-                    [lambda lw=lw, o=o: run(lw, x, o, warps, stages) for lw, o in zip(lws, outs)]), 2)
-            best = min(tried, key=tried.get)
-            pct = 100 * lw0.bytes_read() / (tried[best] * 1e-6) / bw
-            rows.append(dict(shape=shape, bits=bits, lib_us=round(lib, 2), us=tried[best], config=best,
-                             pct_copy=round(pct, 1), tried=tried))
-            print(f"{shape:>11} {bits}-bit  library {lib:7.2f} µs  gluon {tried[best]:7.2f} µs ({pct:5.1f}%)  {best}",
-                  flush=True)
-    if args.out:
-        with open(os.path.join(args.out, f"lop3_gluon_{args.tag}.json"), "w") as f:
-            json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, rows=rows), f, indent=1)
+    if args.tma:
+        compare(args, run_tma, ((4, 4, 1), (4, 8, 4), (4, 4, 2)),
+                lambda n, ng: [(4, st, sk) for st in (4, 8) for sk in _splits(ng)], "tma")
+    elif args.ws:
+        compare(args, run_ws, ((4, 4, 1), (4, 8, 4), (4, 4, 2)),
+                lambda n, ng: [(4, st, sk) for st in (4, 8) for sk in _splits(ng)], "ws")
+    else:
+        compare(args, run, ((1, 3, 1), (4, 6, 1), (2, 8, 1)),
+                lambda n, ng: [(w, st, 1) for w in (1, 4) for st in (4, 8) if n % (16 * w) == 0], "gluon")
 
 
 if __name__ == "__main__":
