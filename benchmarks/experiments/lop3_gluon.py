@@ -98,6 +98,26 @@ if gluon is not None:
                                          [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
 
     @gluon.jit
+    def _lanes(pid_n, M, stride_xm, NW: gl.constexpr, LY: gl.constexpr):
+        """The [NW, 128] lane indices of a program's NW row tiles (lop3_layout.py's layout): lane group
+        g, lane c, register e, the tiles, the activation offsets and mask (real batch rows only), the
+        scale offsets."""
+        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
+        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
+        g = E // 16
+        c = E // 4 % 4
+        e = E % 4
+        ta = pid_n * NW + T
+        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
+        xm = (g < M) & (T >= 0)
+        return g, c, e, ta, xo, xm, ta * 16 + 2 * g + e
+
+    @gluon.jit
+    def _quads(AQ, e, ta):
+        """The offset mma's A quads {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..}, loaded (registers)."""
+        return gl.load(AQ + e + ta * 0), gl.load(AQ + 4 + e + ta * 0), gl.load(AQ + 8 + e + ta * 0)
+
+    @gluon.jit
     def _issue(cs, xs, ss, slot, Q, X, S, qo, xo, so, xm, G, SP, BLK: gl.constexpr, BITS: gl.constexpr):
         """cp.async group G's codes, activations (lanes of real batch rows only) and scales into slot."""
         cp.async_copy_global_to_shared(cs.index(slot * (BITS // 2)), Q + qo + G * BLK)
@@ -119,20 +139,9 @@ if gluon is not None:
         WPL: gl.constexpr = 2 * BITS
         BLK: gl.constexpr = 64 * BITS
         pid_n = gl.program_id(0)
-        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
-        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
-        Ln = E // 4
-        g = Ln // 4
-        c = Ln % 4
-        e = E % 4
-        ta = pid_n * NW + T
-        qo = ta.to(gl.int64) * (NG * BLK) + Ln * WPL + e
-        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
-        xm = (g < M) & (T >= 0)
-        so = ta * 16 + 2 * g + e
-        q64 = gl.load(AQ + e + T * 0)
-        q16 = gl.load(AQ + 4 + e + T * 0)
-        q4 = gl.load(AQ + 8 + e + T * 0)
+        g, c, e, ta, xo, xm, so = _lanes(pid_n, M, stride_xm, NW, LY)
+        q64, q16, q4 = _quads(AQ, e, ta)
+        qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * WPL + e
         cs = gl.allocate_shared_memory(gl.int32, [STAGES * (BITS // 2), NW, 128], SH)
         xs = gl.allocate_shared_memory(gl.int32, [STAGES * 4, NW, 128], SH)
         ss = gl.allocate_shared_memory(gl.float16, [STAGES, NW, 128], SH)
@@ -205,19 +214,8 @@ if gluon is not None:
         pid_k = gl.program_id(1)
         qd = tma.make_tensor_descriptor(Q, shape=[N // 16, NG, BLK], strides=[NG * BLK, BLK, 1],
                                         block_shape=[NW, 1, BLK], layout=QL)
-        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
-        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
-        Ln = E // 4
-        g = Ln // 4
-        c = Ln % 4
-        e = E % 4
-        ta = pid_n * NW + T
-        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
-        xm = (g < M) & (T >= 0)
-        so = ta * 16 + 2 * g + e
-        q64 = gl.load(AQ + e + T * 0)
-        q16 = gl.load(AQ + 4 + e + T * 0)
-        q4 = gl.load(AQ + 8 + e + T * 0)
+        g, c, e, ta, xo, xm, so = _lanes(pid_n, M, stride_xm, NW, LY)
+        q64, q16, q4 = _quads(AQ, e, ta)
         cs = gl.allocate_shared_memory(gl.int32, [STAGES, NW, 1, BLK], QL)
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
@@ -277,19 +275,8 @@ if gluon is not None:
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [4, 1], [1, 0])
         LY8: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
         BLK: gl.constexpr = 64 * BITS
-        T = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(1, LY)), 1)
-        tile = pid_n * 4 + T
-        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
-        Ln = E // 4
-        g = Ln // 4
-        c = Ln % 4
-        e = E % 4
-        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
-        xm = (g < M) & (T >= 0)
-        so = tile * 16 + 2 * g + e + T * 0
-        q64 = gl.load(AQ + e + T * 0)
-        q16 = gl.load(AQ + 4 + e + T * 0)
-        q4 = gl.load(AQ + 8 + e + T * 0)
+        g, c, e, ta, xo, xm, so = _lanes(pid_n, M, stride_xm, 4, LY)
+        q64, q16, q4 = _quads(AQ, e, ta)
         xs = _gload_x(X, xo, xm, g0)
         s = gl.load(S + so + g0 * SP)
         acc = gl.zeros([4, 128], gl.float32, LY)
@@ -339,13 +326,9 @@ if gluon is not None:
                                                   ZCK, ONE_ROW, STAGES)),
                                   (_ws_producer, (qd, cs, ready, empty, pid_n * 4, g0, g1, STAGES, 4 * BLK * 4))],
                                  [1], [24])
-        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
-        T = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(1, LY)), 1)
-        g = E // 16
-        c = E // 4 % 4
-        e = E % 4
-        orow = 16 * (pid_n * 4 + T) + 2 * g + e // 2
-        ocol = 2 * c + e % 2 + T * 0
+        g, c, e, ta, _, _, _ = _lanes(pid_n, M, stride_xm, 4, LY)
+        orow = 16 * ta + 2 * g + e // 2
+        ocol = 2 * c + e % 2 + ta * 0
         _finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n, pid_k, SPLIT_K)
 
 

@@ -153,33 +153,6 @@ if triton is not None:
 
     MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 
-    @triton.jit
-    def finish_par(acc, mm, nn, M, N, OUT, stride_om, WS, CNT, tile_id, pid_k, SPLIT_K):
-        """finish_tile (matgptq.kernels.triton_decode) with the last program's partial loads issued
-        eight at a time (masked past SPLIT_K) instead of one after another; the same sums in the
-        same order."""
-        mask = (mm < M) & (nn < N)
-        if SPLIT_K == 1:
-            tl.store(OUT + mm * stride_om + nn, acc.to(OUT.dtype.element_ty), mask=mask)
-        else:
-            ws = WS + mm * N + nn
-            tl.store(ws + pid_k * M * N, acc, mask=mask)
-            tl.debug_barrier()
-            old = tl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
-            if old == SPLIT_K - 1:
-                tot = tl.zeros_like(acc)
-                for s0 in range(0, SPLIT_K, 4):
-                    p0 = tl.load(ws + s0 * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-                    p1 = tl.load(ws + (s0 + 1) * M * N, mask=mask & (s0 + 1 < SPLIT_K), other=0.0, cache_modifier=".cg")
-                    p2 = tl.load(ws + (s0 + 2) * M * N, mask=mask & (s0 + 2 < SPLIT_K), other=0.0, cache_modifier=".cg")
-                    p3 = tl.load(ws + (s0 + 3) * M * N, mask=mask & (s0 + 3 < SPLIT_K), other=0.0, cache_modifier=".cg")
-                    tot += p0
-                    tot += p1
-                    tot += p2
-                    tot += p3
-                tl.store(OUT + mm * stride_om + nn, tot.to(OUT.dtype.element_ty), mask=mask)
-                tl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
-
     @triton.constexpr_function
     def _code_asm(bits, j0, first):
         """Steps j0, j0+1: $0-3 the result, $4-7 the lane's four words, $8-11 the activations of the
@@ -303,6 +276,19 @@ if triton is not None:
         return _off2(_quad(6, BITS, q64, q16, q4), _quad(7, BITS, q64, q16, q4), x3, p, False)
 
     @triton.jit
+    def _tile_codes(Q, S, Z, qo, so, G, ok, SP, BLK: tl.constexpr, BITS: tl.constexpr, ZCK: tl.constexpr):
+        """One tile set's words (two sets at 4 bits), scales (0 unless ok) and zeros of group G."""
+        w0 = tl.load(Q + qo + G * BLK)
+        w1 = w0
+        if BITS == 4:
+            w1 = tl.load(Q + qo + G * BLK + 4)
+        s = tl.load(S + so + G * SP, mask=ok, other=0.0)
+        z = s
+        if ZCK is None:
+            z = tl.load(Z + so + G * SP)
+        return w0, w1, s, z
+
+    @triton.jit
     def _load_codes(Q, S, Z, qa, qb, sa, sb, G, g1, SP, BLK: tl.constexpr, BITS: tl.constexpr,
                     TPW: tl.constexpr, ZCK: tl.constexpr, DIAG: tl.constexpr = 0, g0=0):
         """Group G's codes (tile sets a, b), scales and zeros: clamped to the program's last group, and
@@ -312,24 +298,10 @@ if triton is not None:
         G = tl.minimum(G, g1 - 1)
         if DIAG & 2:
             G = g0
-        wa0 = tl.load(Q + qa + G * BLK)
-        wa1 = wa0
-        if BITS == 4:
-            wa1 = tl.load(Q + qa + G * BLK + 4)
-        s0 = tl.load(S + sa + G * SP, mask=ok, other=0.0)
-        z0 = s0
-        if ZCK is None:
-            z0 = tl.load(Z + sa + G * SP)
+        wa0, wa1, s0, z0 = _tile_codes(Q, S, Z, qa, sa, G, ok, SP, BLK, BITS, ZCK)
         wb0, wb1, s1, z1 = wa0, wa1, s0, z0
         if TPW == 2:
-            wb0 = tl.load(Q + qb + G * BLK)
-            wb1 = wb0
-            if BITS == 4:
-                wb1 = tl.load(Q + qb + G * BLK + 4)
-            s1 = tl.load(S + sb + G * SP, mask=ok, other=0.0)
-            z1 = s1
-            if ZCK is None:
-                z1 = tl.load(Z + sb + G * SP)
+            wb0, wb1, s1, z1 = _tile_codes(Q, S, Z, qb, sb, G, ok, SP, BLK, BITS, ZCK)
         return wa0, wa1, wb0, wb1, s0, s1, z0, z1
 
     @triton.jit
@@ -454,17 +426,11 @@ if triton is not None:
             acca, accb, xs = _do_half(X, xo, G + U, g1, bufb, xs, xb, q64, q16, q4, acca, accb, BITS, TPW, ZCK,
                                       ONE_ROW, U, XB, DIAG, g0, xm)
         ocol = 2 * c + e % 2
-        if DIAG & 4:
-            finish_par(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, WS, CNT, 2 * pid_n, pid_k, SPLIT_K)
-            if TPW == 2:
-                finish_par(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, WS, CNT, 2 * pid_n + 1, pid_k,
-                           SPLIT_K)
-        else:
-            finish_tile(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n, pid_k,
-                        SPLIT_K, False)
-            if TPW == 2:
-                finish_tile(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n + 1,
-                            pid_k, SPLIT_K, False)
+        finish_tile(acca, ocol, 16 * ta + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n, pid_k,
+                    SPLIT_K, False)
+        if TPW == 2:
+            finish_tile(accb, ocol, 16 * tb + 2 * g + e // 2, M, N, OUT, stride_om, OUT, WS, CNT, 2 * pid_n + 1,
+                        pid_k, SPLIT_K, False)
 
 
 def aq_table(device):
@@ -492,7 +458,8 @@ class Lop3Weight:
         self.aq = aq_table(codes.device)
 
     def bytes_read(self):
-        """Bytes the format needs (the padding is not read from memory twice: it sits in L2)."""
+        """Bytes the format needs: codes, fp16 scales, u8 zeros (the 16 elements of row padding in the
+        scale buffer are not counted)."""
         ng = self.k // 128
         return self.q.numel() * 4 + ng * self.n * 2 + (0 if self.z is None else ng * self.n)
 
@@ -537,7 +504,11 @@ def check_emulator():
             worst = max(worst, err)
             print(f"emulate {bits}-bit {n}x{k} batch {m}{' asym' if asym else ''}: max rel err {err:.2e}")
     assert worst < 1e-12, worst
-    print("emulator matches float64: layout and offsets are exact")
+    codes, s, z, x = random_case(32, 256, 2, 3, seed=1)
+    swapped = pack(codes, 2)[..., [1, 0, 2, 3]].contiguous()  # words of rows r and r + 8 of a lane swapped
+    ref = reference(codes, s, z, x)
+    bad = ((emulate(swapped, s, z, x, 2) - ref).abs().max() / ref.abs().max()).item()
+    print(f"emulator matches float64: layout and offsets are exact (two words swapped: rel err {bad:.2f})")
 
 
 def sass_counts(bits, tpw, warps, zck=2.0, one_row=True, u=1, xb=0, diag=0, xm=0):
@@ -570,6 +541,15 @@ def per_weight(comp, weights_per_thread, mmas=None):
     return regs, n, n / weights_per_thread, {k: round(v / weights_per_thread, 3) for k, v in mix.most_common(10)}
 
 
+def _parse_config(key):
+    """'w4:tpw1:sk8:u2:xb0' -> (4, 1, 8, 2, 0)."""
+    parts = key.split(":")
+    names = ("w", "tpw", "sk", "u", "xb")
+    if len(parts) != 5 or any(not p.startswith(n) for p, n in zip(parts, names)):
+        raise ValueError(f"launch {key!r} is not w<warps>:tpw<tiles>:sk<split>:u<groups>:xb<0|1>")
+    return tuple(int(p[len(n):]) for p, n in zip(parts, names))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--emulate", action="store_true", help="CPU: the packed layout's math against float64")
@@ -580,11 +560,33 @@ def main():
     ap.add_argument("--batches", default="1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
+    ap.add_argument("--xm-pairs", default=None, metavar="JSON", help="read a timing file (lop3_layout_h200d.json): "
+                    "each launch with masked activation loads (xm1) against the same without (xm0)")
     ap.add_argument("--profile", default=None, help="SHAPE:BITS:WARPS:TPW:SK: launch it a few times (for ncu)")
     ap.add_argument("--diagnose", default=None, help="wK:tpwT:skS:uU:xbX,...: each launch as is and with the "
                     "activation / code streams read from the first group (cache hits; timing only)")
-    ap.add_argument("--scaling", default=None, help="BITS:WARPS:TPW:SK: time N=4096 at K = 1792 .. 28672")
     args = ap.parse_args()
+    try:
+        diag_cfgs = [_parse_config(c) for c in args.diagnose.split(",")] if args.diagnose else []
+        prof = args.profile.split(":") if args.profile else None
+        prof = prof and (tuple(int(v) for v in prof[0].split("x")), *(int(v) for v in prof[1:]))
+    except ValueError as err:
+        raise SystemExit(f"{err}: write --diagnose as w4:tpw1:sk8:u2:xb0[,...] and --profile as "
+                         "4096x14336:2:4:1:8 (shape:bits:warps:tiles per warp:split)") from None
+    if args.xm_pairs:
+        with open(args.xm_pairs) as f:
+            rows = json.load(f)["rows"]
+        r = sorted(t[k[:-1] + "0"] / t[k] for row in rows for t in [row["tried"]] for k in t
+                   if k.endswith("xm1") and k[:-1] + "0" in t)
+        if not r:
+            raise SystemExit(f"{args.xm_pairs}: no xm0 / xm1 pairs (a file of `--out DIR --tag TAG` runs after commit "
+                             "110f935 has them)")
+        print(f"masked activation loads: {len(r)} pairs, faster in {sum(x > 1 for x in r)}, speedup median "
+              f"{r[len(r) // 2]:.2f}x, range {r[0]:.2f}-{r[-1]:.2f}x")
+        return
+    if not (args.emulate or args.sass) and not torch.cuda.is_available():
+        raise SystemExit("this mode times or checks GPU launches: run it on a CUDA device "
+                         "(--emulate and --sass need none)")
     if args.emulate:
         check_emulator()
         return
@@ -596,18 +598,23 @@ def main():
                 rows.append(dict(bits=bits, tpw=tpw, warps=warps, registers=regs, loop=n, per_weight=round(pw, 3),
                                  mix=mix))
                 print(f"{bits}-bit tpw{tpw} w{warps}: {regs} registers, loop {n} instructions, {pw:.2f} per weight  {mix}")
+        for key in ("w4:tpw1:sk8:u2:xb0", "w4:tpw1:sk8:u2:xb1", "w4:tpw1:sk8:u4:xb1", "w4:tpw2:sk8:u2:xb1"):
+            warps, tpw, _, u, xb = _parse_config(key)  # --diagnose's launches: as is and all cached
+            pws = [round(sass_counts(2, tpw, warps, u=u, xb=xb, diag=d)[2], 3) for d in (0, 3)]
+            rows.append(dict(bits=2, config=key, per_weight_as_is=pws[0], per_weight_all_cached=pws[1]))
+            print(f"2-bit {key}: {pws[0]:.2f} per weight as is, {pws[1]:.2f} with --diagnose's all-cached switch")
         if args.out:
-            with open(os.path.join(args.out, "lop3_sass.json"), "w") as f:
+            ver = "".join(triton.__version__.split(".")[:2])
+            with open(os.path.join(args.out, f"lop3_sass_triton{ver}.json"), "w") as f:
                 json.dump(rows, f, indent=1)
         return
     if args.profile:
-        shape, bits, warps, tpw, sk = args.profile.split(":")
-        n, k = (int(v) for v in shape.split("x"))
-        codes, s, z, x = random_case(n, k, int(bits), 1, device="cuda", asym=False)
-        lw = Lop3Weight(codes, s, z, int(bits), float(1 << (int(bits) - 1)))
+        (n, k), bits, warps, tpw, sk = prof
+        codes, s, z, x = random_case(n, k, bits, 1, device="cuda", asym=False)
+        lw = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
         out = torch.empty(1, n, device="cuda", dtype=torch.float16)
         for _ in range(6):
-            run(lw, x, out, int(warps), int(tpw), int(sk))
+            run(lw, x, out, warps, tpw, sk)
         torch.cuda.synchronize()
         return
     if args.check:
@@ -624,11 +631,9 @@ def main():
                 lw0 = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
                 lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
                 outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in lws]
-                for cfg in args.diagnose.split(","):
-                    warps, tpw, sk, u, xb = (int(v[len(p):]) for v, p in zip(cfg.split(":"), ("w", "tpw", "sk", "u", "xb")))
+                for cfg, (warps, tpw, sk, u, xb) in zip(args.diagnose.split(","), diag_cfgs):
                     ts = {}
-                    for name, diag in (("as is", 0), ("x cached", 1), ("codes cached", 2), ("all cached", 3),
-                                       ("parallel finish", 4)):
+                    for name, diag in (("as is", 0), ("x cached", 1), ("codes cached", 2), ("all cached", 3)):
                         ts[name] = round(kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, sk, u=u, xb=xb,
                                                                                diag=diag) for lw, o in zip(lws, outs)]), 2)
                     res.append(dict(shape=shape, bits=bits, config=cfg, **ts))
@@ -636,19 +641,6 @@ def main():
         if args.out:
             with open(os.path.join(args.out, f"lop3_diagnose_{args.tag}.json"), "w") as f:
                 json.dump(res, f, indent=1)
-        return
-    if args.scaling:
-        import kernels as kb
-
-        bits, warps, tpw, sk = (int(v) for v in args.scaling.split(":"))
-        for k in (1792, 3584, 7168, 14336, 28672):
-            codes, s, z, x = random_case(4096, k, bits, 1, device="cuda", asym=False)
-            lw0 = Lop3Weight(codes, s, z, bits, float(1 << (bits - 1)))
-            lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
-            outs = [torch.empty(1, 4096, device="cuda", dtype=torch.float16) for _ in lws]
-            for skk in sorted({1, sk, 2 * sk}):
-                t = kb.graph_time([lambda lw=lw, o=o: run(lw, x, o, warps, tpw, skk) for lw, o in zip(lws, outs)])
-                print(f"scaling {bits}-bit 4096x{k} w{warps} tpw{tpw} sk{skk}: {t:.2f} µs", flush=True)
         return
     gpu_main(args)
 
@@ -667,9 +659,9 @@ def check_gpu():
                     if n % (16 * warps * tpw):
                         continue
                     for sk in (1, 3, 8):
-                        for u, xb in ((1, 0), (2, 0), (4, 0), (1, 1), (2, 1), (4, 1)):
+                        for u, xb in ((1, 0), (2, 0), (4, 0)):  # the buffered-activation variants: check_small
                             out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-                            run(lw, x, out, warps, tpw, sk, u=u, xb=xb, diag=4 * (sk == 8))
+                            run(lw, x, out, warps, tpw, sk, u=u, xb=xb)
                             err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
                             bad = not err < 4e-3  # NaN fails
                             worst = max(worst, err) if not bad else float("inf")
