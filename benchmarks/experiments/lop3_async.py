@@ -39,34 +39,31 @@ triton = L.triton
 
 
 @triton.constexpr_function
-def regions(bits, stages, nthreads, xs):
-    """Byte offsets in the shared window of the per-thread rings, largest first as Triton's
-    allocator places the three allocations: activations [stage][q][thread] 16 bytes (xs), codes
-    [stage][chunk][thread] 16 bytes, scales [stage][thread] 4 bytes; and the total."""
-    bits, stages, nthreads = int(bits), int(stages), int(nthreads)
-    coff = stages * 4 * nthreads * 16 if xs else 0
-    soff = coff + stages * (bits // 2) * nthreads * 16
-    return coff, soff, soff + stages * nthreads * 4
+def regions(bits, stages, nthreads, xbytes):
+    """Byte offsets in the kernel's one shared allocation: the code ring [stage][chunk][thread]
+    16 bytes at 0, the scale ring [stage][thread] 4 bytes, the activation block (xbytes); and the
+    allocation's size in int32 words (a power of two, as Gluon's allocations must be)."""
+    bits, stages, nthreads, xbytes = int(bits), int(stages), int(nthreads), int(xbytes)
+    soff = stages * (bits // 2) * nthreads * 16
+    xoff = soff + stages * nthreads * 4
+    return soff, xoff, 1 << max(0, (xoff + xbytes - 1) // 4).bit_length()
 
 
 @triton.constexpr_function
-def _issue_asm(bits, stages, nthreads, xs, slot):
-    """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the
-    activation address, $12 the scale address (int64, element 0 of each lane's four), $16 the x
-    predicate, $20 whether the group is real (else nothing is copied; the group is still committed
-    so that the wait counts stay exact), $24 / $25 the thread's ring bases (16 / 4 bytes a thread:
-    elements 0 and 1 of the pack :func:`_bases` makes).
+def _issue_asm(bits, stages, nthreads, slot):
+    """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the scale
+    address (int64, element 0 of each lane's four), $12 whether the group is real (else nothing is
+    copied; the group is still committed so that the wait counts stay exact), $16 / $17 the
+    thread's ring bases (16 / 4 bytes a thread: elements 0 and 1 of the pack :func:`_bases`
+    makes). The code chunks of a lane are 512 bytes apart (the chunk-major 4-bit order run() makes).
     $0-3 a dummy result."""
-    bits, stages, nthreads, xs, slot = int(bits), int(stages), int(nthreads), bool(xs), int(slot)
+    bits, stages, nthreads, slot = int(bits), int(stages), int(nthreads), int(slot)
     ch = bits // 2
-    coff, soff, _ = regions(bits, stages, nthreads, xs)
-    t = ["{", ".reg .pred v, px;", "setp.ne.s32 v, $20, 0;", "setp.ne.s32 px, $16, 0;", "and.pred px, px, v;"]
+    soff, _, _ = regions(bits, stages, nthreads, 0)
+    t = ["{", ".reg .pred v;", "setp.ne.s32 v, $12, 0;"]
     for j in range(ch):
-        t.append(f"@v cp.async.cg.shared.global [$24+{coff + (slot * ch + j) * nthreads * 16}], [$4+{16 * j}], 16;")
-    if xs:
-        for q in range(4):
-            t.append(f"@px cp.async.cg.shared.global [$24+{(slot * 4 + q) * nthreads * 16}], [$8+{16 * q}], 16;")
-    t.append(f"@v cp.async.ca.shared.global [$25+{soff + slot * nthreads * 4}], [$12], 4;")
+        t.append(f"@v cp.async.cg.shared.global [$16+{(slot * ch + j) * nthreads * 16}], [$4+{512 * j}], 16;")
+    t.append(f"@v cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)
 
@@ -105,94 +102,134 @@ if gluon is not None:
                                          is_pure=False, pack=4)
 
     @gluon.jit
-    def _issue(Q, X, S, qo, xo, so, xm, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr,
-               STAGES: gl.constexpr, NT: gl.constexpr, XS: gl.constexpr, SLOT: gl.constexpr):
-        """Copy group G (nothing when G >= g1) into ring slot SLOT."""
+    def _smem(like):
+        """The shared window's address (every element)."""
+        return gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r,r", [like], dtype=gl.int32, is_pure=True,
+                                         pack=1)
+
+    @gluon.jit
+    def _issue(Q, S, qo, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
+               NT: gl.constexpr, SLOT: gl.constexpr):
+        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT."""
         Gc = gl.minimum(G, g1 - 1)
-        return gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, XS, SLOT),
-                                         "=r,=r,=r,=r" + ",l" * 12 + ",r" * 12,
-                                         [(Q + qo + Gc * BLK).to(gl.int64), (X + xo + Gc * 64).to(gl.int64),
-                                          (S + so + Gc * SP).to(gl.int64), xm, (so * 0 + G < g1).to(gl.int32),
-                                          bases], dtype=gl.int32, is_pure=False, pack=4)
+        return gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
+                                         [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
+                                          (so * 0 + G < g1).to(gl.int32), bases], dtype=gl.int32, is_pure=False,
+                                         pack=4)
+
+    @gluon.jit
+    def _x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
+                 NT: gl.constexpr, L1: gl.constexpr):
+        """cp.async the program's activations, [group][batch row][128] fp16 (XR rows, GMAX groups),
+        into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; one commit."""
+        t = gl.arange(0, NT, layout=L1)
+        base = _smem(t) + XOFF
+        for k in gl.static_range((GMAX * XR * 16 + NT - 1) // NT):
+            p = t + k * NT
+            gg = p // (XR * 16)
+            r = p // 16 % XR
+            ok = (p < GMAX * XR * 16) & (g0 + gg < g1) & (r < M)
+            src = (X + r * (stride_xm // 2) + (g0 + gg) * 64 + p % 16 * 4).to(gl.int64)
+            gl.inline_asm_elementwise("{ .reg .pred v; setp.ne.s32 v, $3, 0; @v cp.async.cg.shared.global [$2], [$1], "
+                                      "16; mov.u32 $0, 0; }", "=r,l,r,r", [src, base + p * 16, ok.to(gl.int32)],
+                                      dtype=gl.int32, is_pure=False, pack=1)
+        return gl.inline_asm_elementwise("cp.async.commit_group; mov.u32 $0, 0;", "=r,r", [t], dtype=gl.int32,
+                                         is_pure=False, pack=1)
 
     @gluon.jit
     def alop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                      NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
-                     STAGES: gl.constexpr, XS: gl.constexpr, COFF: gl.constexpr, SOFF: gl.constexpr):
-        """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G is copied
-        STAGES - 1 groups before it is decoded. The loop is unrolled STAGES times, so every ring
-        address is the thread's base plus a constant."""
+                     STAGES: gl.constexpr, XBLK: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
+                     SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr):
+        """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G's codes and
+        scales are copied STAGES - 1 groups before it is decoded. XBLK: the program's activations
+        copied into shared memory once (GMAX >= GPS groups, XR >= M rows) and read from there;
+        else loaded into registers one group ahead. The loop is unrolled STAGES times, so every
+        ring address is the thread's base plus a constant."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
         CH: gl.constexpr = BITS // 2
-        WPL: gl.constexpr = 2 * BITS
         BLK: gl.constexpr = 64 * BITS
-        # reserve the window (the rings are addressed by the asm): three allocations, which
-        # _check_window checks sit at 0 / COFF / SOFF as regions() lays the rings out
-        SHL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-        rc = gl.allocate_shared_memory(gl.int32, [STAGES * CH * NT * 4], SHL)
-        rs = gl.allocate_shared_memory(gl.int32, [STAGES * NT], SHL)
+        # the window the asm addresses: one allocation (_check_window: at offset 0), kept alive by
+        # a store at the start and one at the end (nothing reads them)
+        res = gl.allocate_shared_memory(gl.int32, [WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         z1 = gl.zeros([NT], gl.int32, L1)
-        rc.slice(0, NT).store(z1)  # the stores keep the allocations (nothing reads them)
-        rs.slice(0, NT).store(z1)
-        if XS:
-            rx = gl.allocate_shared_memory(gl.int32, [STAGES * 4 * NT * 4], SHL)
-            rx.slice(0, NT).store(z1)
-        gl.thread_barrier()  # those stores land before any thread's copies
+        res.slice(0, NT).store(z1)
+        gl.thread_barrier()  # that store lands before any thread's copies
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
         g, c, e, ta, xo, xm, so = LG._lanes(pid_n, M, stride_xm, NW, LY)
         q64, q16, q4 = LG._quads(AQ, e, ta)
-        qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * WPL + e
-        xmi = xm.to(gl.int32)
+        qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # chunk-major codes: chunk j at + 128 j
         bases = _bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
+        if XBLK:
+            _x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1)
         for i in gl.static_range(STAGES - 1):
-            _issue(Q, X, S, qo, xo, so, xmi, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, XS, i)
-        if not XS:
+            _issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+        if XBLK:
+            _wait(STAGES - 1, e)  # the activation block (the oldest group) has landed, for this thread
+            gl.thread_barrier()  # and for every thread
+            xl = _smem(e) + XOFF + gl.minimum(g, M - 1) * 256 + c * 64
+        else:
             xs = LG._gload_x(X, xo, xm, g0)
         acc = gl.zeros([NW, 128], gl.float32, LY)
         for G0 in range(g0, g1, STAGES):
+            if XBLK:
+                xg = xl + (G0 - g0) * (XR * 256)
             for i in gl.static_range(STAGES):
                 G = G0 + i
                 if G < g1:
                     base = bases + _wait(STAGES - 2, e)
-                    w0 = _rd(base, COFF + i * CH * NT * 16)
+                    w0 = _rd(base, i * CH * NT * 16)
                     w1 = w0
                     if BITS == 4:
-                        w1 = _rd(base, COFF + (i * CH + 1) * NT * 16)
-                    if XS:
-                        x0 = _rd(base, (4 * i + 0) * NT * 16)
-                        x1 = _rd(base, (4 * i + 1) * NT * 16)
-                        x2 = _rd(base, (4 * i + 2) * NT * 16)
-                        x3 = _rd(base, (4 * i + 3) * NT * 16)
+                        w1 = _rd(base, (i * CH + 1) * NT * 16)
+                    if XBLK:
+                        x0 = _rd(xg, i * XR * 256)
+                        x1 = _rd(xg, i * XR * 256 + 16)
+                        x2 = _rd(xg, i * XR * 256 + 32)
+                        x3 = _rd(xg, i * XR * 256 + 48)
                     else:
                         x0, x1, x2, x3 = xs
                         xs = LG._gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
                     s = _rd_s(base, SOFF + i * NT * 4)
-                    _issue(Q, X, S, qo, xo, so, xmi, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, XS,
-                           (i + STAGES - 1) % STAGES)
+                    _issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
                     acc = LG._group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
         _wait(0, e)
         gl.thread_barrier()
-        rc.slice(0, NT).store(z1)  # live to the end: the allocator must not overlap them
-        rs.slice(0, NT).store(z1)
-        if XS:
-            rx.slice(0, NT).store(z1)
+        res.slice(0, NT).store(z1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
         LG._finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n, pid_k, SPLIT_K)
 
 
-def _consts(bits, warps, stages, xs):
-    coff, soff, _ = regions(bits, stages, 32 * warps, xs)
-    return dict(NW=warps, BITS=bits, STAGES=stages, XS=int(xs), COFF=coff, SOFF=soff)
+def _pow2(v):
+    return 1 << max(0, int(v) - 1).bit_length()
 
 
-def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xs=True):
-    """alop3_kernel; ``xs``: activations through the ring too (else plain loads one group ahead)."""
+def _consts(bits, warps, stages, xblk, gps, m):
+    gmax, xr = _pow2(gps), _pow2(m)
+    soff, xoff, words = regions(bits, stages, 32 * warps, gmax * xr * 256 if xblk else 0)
+    return dict(NW=warps, BITS=bits, STAGES=stages, XBLK=int(xblk), GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff,
+                WORDS=words)
+
+
+def chunk_major(lw):
+    """4 bits: each lane's 32 bytes of a (tile, group) block as two 16-byte chunks 512 bytes apart
+    (chunk j of lane L at word 128 j + 4 L), so that every 16-byte copy of a warp covers whole
+    sectors; in place, once (the first call, before any graph capture), 2 bits: unchanged."""
+    if lw.bits == 4 and not getattr(lw, "chunked", False):
+        lw.q = lw.q.view(-1, 32, 2, 4).transpose(1, 2).contiguous().view(-1)
+        lw.chunked = True
+    return lw
+
+
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=True):
+    """alop3_kernel; ``xblk``: the program's activations through shared memory (else registers)."""
+    chunk_major(lw)
     m = x.shape[0]
     ng = lw.k // 128
     gps = triton.cdiv(ng, split_k)
@@ -200,48 +237,51 @@ def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xs=True):
     grid = (lw.n // (16 * warps), split_k)
     if ws is None:
         ws, cnt = LG._split_buffers(lw, m, split_k, grid[0], x.device)
-    cst = _consts(lw.bits, warps, stages, xs)
+    cst = _consts(lw.bits, warps, stages, xblk, gps, m)
     k = alop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
                            lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, num_warps=warps, **cst)
-    _check_window(k, cst["COFF"], cst["SOFF"])
+    _check_window(k)
     return out
 
 
 _seen: set = set()
 
 
-def _check_window(k, coff, soff):
-    """The asm addresses the rings where regions() puts them: the allocations' offsets in the LLVM
-    IR (the largest at 0, which takes no offset) must be COFF and SOFF (COFF 0 without the x ring)."""
+def _check_window(k):
+    """The asm addresses the window from offset 0: the one allocation must sit there (its first use
+    in the LLVM IR, the store at the kernel's start, takes @global_smem with no offset)."""
     if k is None or id(k) in _seen:  # None: a launch that returns no handle (not checked)
         return
     import re
 
-    got = sorted({int(v) for v in re.findall(r"@global_smem, i32 (\d+)\)", k.asm["llir"])})
-    want = sorted({v for v in (coff, soff) if v})
-    if got != want:
-        raise RuntimeError(f"alop3_kernel: shared allocations at {got}, the rings assume {want}")
+    first = re.search(r"getelementptr[^\n]*@global_smem(, i32 \d+)?", k.asm["llir"])
+    if first is None or first.group(1):
+        raise RuntimeError(f"alop3_kernel: the ring allocation is not at shared offset 0 ({first and first.group(0)})")
     _seen.add(id(k))
 
 
-def sass_counts(bits, warps, stages, xs):
+def sass_counts(bits, warps, stages, xblk, gps=14):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = alop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    ring = _consts(bits, warps, stages, xs)
-    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, **ring)
+    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, **_consts(bits, warps, stages, xblk, gps, 1))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT")}
     src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
                          attrs=attrs)
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-    _check_window(comp, ring["COFF"], ring["SOFF"])
+    _check_window(comp)
     # the loop runs STAGES groups (16 mmas each) per iteration
     return comp, L.per_weight(comp, stages * 16 * 128 / 32, mmas=16 * stages)
+
+
+def _splits(ng):
+    """The splits of 4 .. 28 that divide the group count (no idle groups)."""
+    return [v for v in (4, 8, 14, 16, 28) if ng % v == 0]
 
 
 def main():
@@ -249,7 +289,7 @@ def main():
     ap.add_argument("--sass", action="store_true")
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384")
     ap.add_argument("--bits", default="2,4")
-    ap.add_argument("--xs", default="1,0", help="activations through the ring (1), plain loads (0)")
+    ap.add_argument("--xblk", default="1,0", help="activations: a block in shared memory (1), registers (0)")
     ap.add_argument("--stages", default="4,8")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
@@ -257,13 +297,13 @@ def main():
     stages = [int(v) for v in args.stages.split(",")]
     if args.sass:
         rows = []
-        for xs in (int(v) for v in args.xs.split(",")):
+        for xb in (int(v) for v in args.xblk.split(",")):
             for bits in (int(b) for b in args.bits.split(",")):
                 for st in stages:
-                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xs)
-                    rows.append(dict(bits=bits, xs=xs, stages=st, registers=regs, loop=n, per_weight=round(pw, 3),
+                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb)
+                    rows.append(dict(bits=bits, xblk=xb, stages=st, registers=regs, loop=n, per_weight=round(pw, 3),
                                      mix=mix))
-                    print(f"xs{xs} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per weight  {mix}",
+                    print(f"xblk{xb} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per weight  {mix}",
                           flush=True)
         if args.out:
             with open(os.path.join(args.out, "lop3_async_sass_triton36.json"), "w") as f:
@@ -271,10 +311,10 @@ def main():
         return
     if not torch.cuda.is_available():
         raise SystemExit("lop3_async.py: the GPU modes need CUDA; --sass runs without one")
-    for xs in (int(v) for v in args.xs.split(",")):
-        LG.compare(args, functools.partial(run, xs=bool(xs)), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
-                   lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in LG._splits(ng)],
-                   f"async_xs{xs}")
+    for xb in (int(v) for v in args.xblk.split(",")):
+        LG.compare(args, functools.partial(run, xblk=bool(xb)), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
+                   lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in _splits(ng)],
+                   f"async_xblk{xb}")
 
 
 if __name__ == "__main__":
