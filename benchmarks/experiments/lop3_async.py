@@ -137,15 +137,60 @@ if gluon is not None:
                                          is_pure=False, pack=1)
 
     @gluon.jit
+    def _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
+              ONE_ROW: gl.constexpr, DIAG: gl.constexpr):
+        """The group math (skipped under DIAG bit 0)."""
+        if DIAG % 2 == 1:
+            r = acc
+        else:
+            r = LG._group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+        return r
+
+    @gluon.jit
+    def _offsets(x0, x1, x2, x3, q64, q16, q4, BITS: gl.constexpr):
+        """The group's offset mma (lop3_gluon._group_math's first half): sum x and sum offset * x."""
+        p = LG._off2(LG._quad(0, BITS, q64, q16, q4), LG._quad(1, BITS, q64, q16, q4), x0, x0.to(gl.float32), True)
+        p = LG._off2(LG._quad(2, BITS, q64, q16, q4), LG._quad(3, BITS, q64, q16, q4), x1, p, False)
+        p = LG._off2(LG._quad(4, BITS, q64, q16, q4), LG._quad(5, BITS, q64, q16, q4), x2, p, False)
+        return LG._off2(LG._quad(6, BITS, q64, q16, q4), LG._quad(7, BITS, q64, q16, q4), x3, p, False)
+
+    @gluon.jit
+    def _st4(addr, v, ok):
+        """Store this thread's four fp32 at addr (element 0's address) where ok."""
+        return gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.s32 p, $12, 0; @p st.shared.v4.f32 [$4], {$8, $9, "
+                                         "$10, $11}; mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; mov.u32 $3, 0; }",
+                                         "=r,=r,=r,=r" + ",r" * 4 + ",f" * 4 + ",r" * 4, [addr, v, ok],
+                                         dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
+    def _math_p(w0, w1, x0, x1, x2, x3, s, acc, p, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
+                DIAG: gl.constexpr):
+        """The group math with the offset sums p given (XBLK == 2); skipped under DIAG bit 0."""
+        if DIAG % 2 == 1:
+            r = acc
+        else:
+            d = LG._code2(w0, x0, acc, BITS, 0, True)
+            d = LG._code2(w0, x1, d, BITS, 2, False)
+            d = LG._code2(w1, x2, d, BITS, 4, False)
+            d = LG._code2(w1, x3, d, BITS, 6, False)
+            r = gl.inline_asm_elementwise(L._end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                          [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+        return r
+
+    @gluon.jit
     def alop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                      NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                      STAGES: gl.constexpr, XBLK: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
-                     SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr):
+                     SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr,
+                     DIAG: gl.constexpr = 0):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G's codes and
         scales are copied STAGES - 1 groups before it is decoded. XBLK: the program's activations
         copied into shared memory once (GMAX >= GPS groups, XR >= M rows) and read from there;
-        else loaded into registers one group ahead. The loop is unrolled STAGES times, so every
-        ring address is the thread's base plus a constant."""
+        else loaded into registers one group ahead. XBLK == 2: also the offset mma (sum x, sum
+        offset * x: the same for every row tile) once per group for the whole CTA, warp w taking
+        groups w, w + NW, .., its fragments kept in shared memory after the activations. The loop is unrolled STAGES times, so every
+        ring address is the thread's base plus a constant. DIAG (timing only, wrong results): bit 0
+        skips the group math, bit 1 the code and scale copies (the reads take what is there)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -165,20 +210,34 @@ if gluon is not None:
         bases = _bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
+        gc = g1
+        if DIAG & 2:
+            gc = g0  # no group is copied
         if XBLK:
             _x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1)
         for i in gl.static_range(STAGES - 1):
-            _issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+            _issue(Q, S, qo, so, g0 + i, gc, SP, bases, BLK, BITS, STAGES, NT, i)
         if XBLK:
             _wait(STAGES - 1, e)  # the activation block (the oldest group) has landed, for this thread
             gl.thread_barrier()  # and for every thread
             xl = _smem(e) + XOFF + gl.minimum(g, M - 1) * 256 + c * 64
+            if XBLK == 2:
+                POFF: gl.constexpr = XOFF + GMAX * XR * 256
+                pl = _smem(e) + POFF + (g * 4 + c) * 16  # + 512 per group: the lane's 4 fp32
+                for j in gl.static_range((GMAX + NW - 1) // NW):
+                    gg = ta * 0 + (ta % NW) + NW * j  # this warp's group (relative to g0)
+                    xg0 = xl + gg * (XR * 256)
+                    p0 = _offsets(_rd(xg0, 0), _rd(xg0, 16), _rd(xg0, 32), _rd(xg0, 48), q64, q16, q4, BITS)
+                    _st4(pl + gg * 512, p0, (gg < GMAX).to(gl.int32))
+                gl.thread_barrier()
         else:
             xs = LG._gload_x(X, xo, xm, g0)
         acc = gl.zeros([NW, 128], gl.float32, LY)
         for G0 in range(g0, g1, STAGES):
             if XBLK:
                 xg = xl + (G0 - g0) * (XR * 256)
+            if XBLK == 2:
+                pg = pl + (G0 - g0) * 512
             for i in gl.static_range(STAGES):
                 G = G0 + i
                 if G < g1:
@@ -187,6 +246,8 @@ if gluon is not None:
                     w1 = w0
                     if BITS == 4:
                         w1 = _rd(base, (i * CH + 1) * NT * 16)
+                    if XBLK == 2:
+                        pv = _rd(pg, i * 512).to(gl.float32, bitcast=True)
                     if XBLK:
                         x0 = _rd(xg, i * XR * 256)
                         x1 = _rd(xg, i * XR * 256 + 16)
@@ -196,8 +257,11 @@ if gluon is not None:
                         x0, x1, x2, x3 = xs
                         xs = LG._gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
                     s = _rd_s(base, SOFF + i * NT * 4)
-                    _issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-                    acc = LG._group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+                    _issue(Q, S, qo, so, G + STAGES - 1, gc, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
+                    if XBLK == 2:
+                        acc = _math_p(w0, w1, x0, x1, x2, x3, s, acc, pv, BITS, ZCK, ONE_ROW, DIAG)
+                    else:
+                        acc = _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW, DIAG)
         _wait(0, e)
         gl.thread_barrier()
         res.slice(0, NT).store(z1)
@@ -212,7 +276,8 @@ def _pow2(v):
 
 def _consts(bits, warps, stages, xblk, gps, m):
     gmax, xr = _pow2(gps), _pow2(m)
-    soff, xoff, words = regions(bits, stages, 32 * warps, gmax * xr * 256 if xblk else 0)
+    xbytes = (gmax * xr * 256 + (gmax * 512 if xblk == 2 else 0)) if xblk else 0
+    soff, xoff, words = regions(bits, stages, 32 * warps, xbytes)
     return dict(NW=warps, BITS=bits, STAGES=stages, XBLK=int(xblk), GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff,
                 WORDS=words)
 
@@ -227,8 +292,9 @@ def chunk_major(lw):
     return lw
 
 
-def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=True):
-    """alop3_kernel; ``xblk``: the program's activations through shared memory (else registers)."""
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0):
+    """alop3_kernel; ``xblk``: 1 the program's activations through shared memory, 2 also the offset
+    sums computed once per CTA, 0 activations in registers."""
     chunk_major(lw)
     m = x.shape[0]
     ng = lw.k // 128
@@ -239,7 +305,7 @@ def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=True):
         ws, cnt = LG._split_buffers(lw, m, split_k, grid[0], x.device)
     cst = _consts(lw.bits, warps, stages, xblk, gps, m)
     k = alop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
-                           lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, num_warps=warps, **cst)
+                           lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, DIAG=diag, num_warps=warps, **cst)
     _check_window(k)
     return out
 
@@ -267,7 +333,7 @@ def sass_counts(bits, warps, stages, xblk, gps=14):
     fn = alop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, **_consts(bits, warps, stages, xblk, gps, 1))
+    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, **_consts(bits, warps, stages, xblk, gps, 1))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT")}
@@ -275,8 +341,8 @@ def sass_counts(bits, warps, stages, xblk, gps=14):
                          attrs=attrs)
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
     _check_window(comp)
-    # the loop runs STAGES groups (16 mmas each) per iteration
-    return comp, L.per_weight(comp, stages * 16 * 128 / 32, mmas=16 * stages)
+    # the loop runs STAGES groups (16 mmas each, 8 when the offset mma is shared) per iteration
+    return comp, L.per_weight(comp, stages * 16 * 128 / 32, mmas=(8 if xblk == 2 else 16) * stages)
 
 
 def _splits(ng):
@@ -284,13 +350,44 @@ def _splits(ng):
     return [v for v in (4, 8, 14, 16, 28) if ng % v == 0]
 
 
+def scaling(args):
+    """Time against K at a fixed grid (N rows, split SK): the intercept is what a launch costs
+    before and after its groups (launch, prologue, split-K finish), the slope a group's cost; with
+    DIAG 1 (no math), 2 (no code copies), 3 (neither) and a plain read of the same bytes."""
+    import kernels as kb
+
+    n, sk, w, st = (int(v) for v in args.scaling.split(":"))
+    rows = []
+    for bits in (int(b) for b in args.bits.split(",")):
+        for k in (1024, 2048, 4096, 8192, 14336):
+            codes, s, z, _ = L.random_case(n, k, bits, 1, seed=bits, device="cuda", asym=False)
+            lw0 = chunk_major(L.Lop3Weight(codes, s, z, bits, float(1 << (bits - 1))))
+            lws = [lw0] + [lw0.clone() for _ in range(kb.copies_for(lw0.bytes_read()) - 1)]
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            outs = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in lws]
+            ws, cnt = LG._split_buffers(lw0, 1, sk, n // 16, "cuda")
+            row = dict(n=n, k=k, bits=bits, config=f"w{w}:st{st}:sk{sk}", read_us=round(kb.read_time(lw0.bytes_read()), 2))
+            for diag in (0, 1, 2, 3):
+                row[f"diag{diag}_us"] = round(kb.graph_time(
+                    [lambda lw=lw, o=o: run(lw, x, o, w, st, sk, ws, cnt, args.scaling_xblk, diag) for lw, o in zip(lws, outs)]), 2)
+            rows.append(row)
+            print(row, flush=True)
+    if args.out:
+        with open(os.path.join(args.out, f"lop3_async_scaling_{args.tag}.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sass", action="store_true")
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384")
     ap.add_argument("--bits", default="2,4")
-    ap.add_argument("--xblk", default="1,0", help="activations: a block in shared memory (1), registers (0)")
+    ap.add_argument("--xblk", default="2,1,0", help="activations: a block in shared memory (1), with the offset "
+                    "sums once per CTA (2), registers (0)")
     ap.add_argument("--stages", default="4,8")
+    ap.add_argument("--scaling", default=None, metavar="N:SK:W:ST",
+                    help="time against K (1024 .. 14336) for N rows at split SK, W warps, ST stages")
+    ap.add_argument("--scaling-xblk", type=int, default=2, help="--scaling's activation mode (see --xblk)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
@@ -311,8 +408,10 @@ def main():
         return
     if not torch.cuda.is_available():
         raise SystemExit("lop3_async.py: the GPU modes need CUDA; --sass runs without one")
+    if args.scaling:
+        return scaling(args)
     for xb in (int(v) for v in args.xblk.split(",")):
-        LG.compare(args, functools.partial(run, xblk=bool(xb)), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
+        LG.compare(args, functools.partial(run, xblk=xb), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
                    lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in _splits(ng)],
                    f"async_xblk{xb}")
 
