@@ -164,15 +164,20 @@ if gluon is not None:
 
     @gluon.jit
     def _math_p(w0, w1, x0, x1, x2, x3, s, acc, p, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
-                DIAG: gl.constexpr):
-        """The group math with the offset sums p given (XBLK == 2); skipped under DIAG bit 0."""
+                DIAG: gl.constexpr, CHAINS: gl.constexpr):
+        """The group math with the offset sums p given (XBLK == 2); skipped under DIAG bit 0. CHAINS 2:
+        steps 0-3 and 4-7 into two accumulators (two 4-mma chains instead of one of 8), summed."""
         if DIAG % 2 == 1:
             r = acc
         else:
             d = LG._code2(w0, x0, acc, BITS, 0, True)
             d = LG._code2(w0, x1, d, BITS, 2, False)
-            d = LG._code2(w1, x2, d, BITS, 4, False)
-            d = LG._code2(w1, x3, d, BITS, 6, False)
+            if CHAINS == 2:
+                d2 = LG._code2(w1, x2, acc, BITS, 4, True)
+                d = d + LG._code2(w1, x3, d2, BITS, 6, False)
+            else:
+                d = LG._code2(w1, x2, d, BITS, 4, False)
+                d = LG._code2(w1, x3, d, BITS, 6, False)
             r = gl.inline_asm_elementwise(L._end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
                                           [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
         return r
@@ -182,7 +187,7 @@ if gluon is not None:
                      NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                      STAGES: gl.constexpr, XBLK: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
                      SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr,
-                     DIAG: gl.constexpr = 0):
+                     DIAG: gl.constexpr = 0, CHAINS: gl.constexpr = 1):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G's codes and
         scales are copied STAGES - 1 groups before it is decoded. XBLK: the program's activations
         copied into shared memory once (GMAX >= GPS groups, XR >= M rows) and read from there;
@@ -259,7 +264,7 @@ if gluon is not None:
                     s = _rd_s(base, SOFF + i * NT * 4)
                     _issue(Q, S, qo, so, G + STAGES - 1, gc, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
                     if XBLK == 2:
-                        acc = _math_p(w0, w1, x0, x1, x2, x3, s, acc, pv, BITS, ZCK, ONE_ROW, DIAG)
+                        acc = _math_p(w0, w1, x0, x1, x2, x3, s, acc, pv, BITS, ZCK, ONE_ROW, DIAG, CHAINS)
                     else:
                         acc = _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW, DIAG)
         _wait(0, e)
@@ -292,7 +297,7 @@ def chunk_major(lw):
     return lw
 
 
-def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0):
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0, chains=1):
     """alop3_kernel; ``xblk``: 1 the program's activations through shared memory, 2 also the offset
     sums computed once per CTA, 0 activations in registers."""
     chunk_major(lw)
@@ -305,7 +310,8 @@ def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, dia
         ws, cnt = LG._split_buffers(lw, m, split_k, grid[0], x.device)
     cst = _consts(lw.bits, warps, stages, xblk, gps, m)
     k = alop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
-                           lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, DIAG=diag, num_warps=warps, **cst)
+                           lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, DIAG=diag, CHAINS=chains,
+                           num_warps=warps, **cst)
     _check_window(k)
     return out
 
@@ -326,14 +332,14 @@ def _check_window(k):
     _seen.add(id(k))
 
 
-def sass_counts(bits, warps, stages, xblk, gps=14):
+def sass_counts(bits, warps, stages, xblk, gps=14, chains=1):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = alop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, **_consts(bits, warps, stages, xblk, gps, 1))
+    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, CHAINS=chains, **_consts(bits, warps, stages, xblk, gps, 1))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT")}
@@ -388,20 +394,23 @@ def main():
     ap.add_argument("--scaling", default=None, metavar="N:SK:W:ST",
                     help="time against K (1024 .. 14336) for N rows at split SK, W warps, ST stages")
     ap.add_argument("--scaling-xblk", type=int, default=2, help="--scaling's activation mode (see --xblk)")
+    ap.add_argument("--chains", default="1", help="XBLK 2: one 8-mma chain per group (1) or two of 4 (2)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     stages = [int(v) for v in args.stages.split(",")]
+    chains = [int(v) for v in args.chains.split(",")]
+    modes = [(xb, ch) for xb in (int(v) for v in args.xblk.split(",")) for ch in (chains if xb == 2 else [1])]
     if args.sass:
         rows = []
-        for xb in (int(v) for v in args.xblk.split(",")):
+        for xb, ch in modes:
             for bits in (int(b) for b in args.bits.split(",")):
                 for st in stages:
-                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb)
-                    rows.append(dict(bits=bits, xblk=xb, stages=st, registers=regs, loop=n, per_weight=round(pw, 3),
-                                     mix=mix))
-                    print(f"xblk{xb} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per weight  {mix}",
-                          flush=True)
+                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb, chains=ch)
+                    rows.append(dict(bits=bits, xblk=xb, chains=ch, stages=st, registers=regs, loop=n,
+                                     per_weight=round(pw, 3), mix=mix))
+                    print(f"xblk{xb} chains{ch} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per "
+                          f"weight  {mix}", flush=True)
         if args.out:
             with open(os.path.join(args.out, "lop3_async_sass_triton36.json"), "w") as f:
                 json.dump(rows, f, indent=1)
@@ -410,10 +419,10 @@ def main():
         raise SystemExit("lop3_async.py: the GPU modes need CUDA; --sass runs without one")
     if args.scaling:
         return scaling(args)
-    for xb in (int(v) for v in args.xblk.split(",")):
-        LG.compare(args, functools.partial(run, xblk=xb), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
+    for xb, ch in modes:
+        LG.compare(args, functools.partial(run, xblk=xb, chains=ch), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
                    lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in _splits(ng)],
-                   f"async_xblk{xb}")
+                   f"async_xblk{xb}" + (f"_chains{ch}" if ch > 1 else ""))
 
 
 if __name__ == "__main__":
