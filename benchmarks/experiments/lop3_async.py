@@ -52,8 +52,9 @@ def regions(bits, stages, nthreads, xbytes):
 @triton.constexpr_function
 def _issue_asm(bits, stages, nthreads, slot):
     """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the scale
-    address (int64, element 0 of each lane's four), $12 whether the group is real (else nothing is
-    copied; the group is still committed so that the wait counts stay exact), $16 / $17 the
+    address (int64, element 0 of each lane's four), $12 whether the group is real (else no code is
+    copied and the scale slot is zero-filled; the group is still committed so that the wait counts
+    stay exact), $16 / $17 the
     thread's ring bases (16 / 4 bytes a thread: elements 0 and 1 of the pack :func:`_bases`
     makes). The code chunks of a lane are 512 bytes apart (the chunk-major 4-bit order run() makes).
     $0-3 a dummy result."""
@@ -63,7 +64,10 @@ def _issue_asm(bits, stages, nthreads, slot):
     t = ["{", ".reg .pred v;", "setp.ne.s32 v, $12, 0;"]
     for j in range(ch):
         t.append(f"@v cp.async.cg.shared.global [$16+{(slot * ch + j) * nthreads * 16}], [$4+{512 * j}], 16;")
-    t.append(f"@v cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4;")
+    # the scale is copied for every group, zeros past g1 (so a padded group adds s * 0 = 0)
+    t.insert(1, ".reg .u32 sz;")
+    t.append("selp.u32 sz, 4, 0, v;")
+    t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)
 
@@ -121,17 +125,20 @@ if gluon is not None:
     def _x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
                  NT: gl.constexpr, L1: gl.constexpr):
         """cp.async the program's activations, [group][batch row][128] fp16 (XR rows, GMAX groups),
-        into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; one commit."""
+        into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; the groups past
+        g1 zero-filled (a padded group's products are 0); one commit."""
         t = gl.arange(0, NT, layout=L1)
         base = _smem(t) + XOFF
         for k in gl.static_range((GMAX * XR * 16 + NT - 1) // NT):
             p = t + k * NT
             gg = p // (XR * 16)
             r = p // 16 % XR
-            ok = (p < GMAX * XR * 16) & (g0 + gg < g1) & (r < M)
-            src = (X + r * (stride_xm // 2) + (g0 + gg) * 64 + p % 16 * 4).to(gl.int64)
-            gl.inline_asm_elementwise("{ .reg .pred v; setp.ne.s32 v, $3, 0; @v cp.async.cg.shared.global [$2], [$1], "
-                                      "16; mov.u32 $0, 0; }", "=r,l,r,r", [src, base + p * 16, ok.to(gl.int32)],
+            ok = (p < GMAX * XR * 16) & (r < M)
+            real = g0 + gg < g1
+            src = (X + r * (stride_xm // 2) + gl.minimum(g0 + gg, g1 - 1) * 64 + p % 16 * 4).to(gl.int64)
+            gl.inline_asm_elementwise("{ .reg .pred v; .reg .u32 sz; setp.ne.s32 v, $3, 0; " "{ .reg .pred q; setp.ne.s32 q, $4, 0; selp.u32 sz, 16, 0, q; } "
+                                      "@v cp.async.cg.shared.global [$2], [$1], 16, sz; mov.u32 $0, 0; }", "=r,l,r,r,r",
+                                      [src, base + p * 16, ok.to(gl.int32), real.to(gl.int32)],
                                       dtype=gl.int32, is_pure=False, pack=1)
         return gl.inline_asm_elementwise("cp.async.commit_group; mov.u32 $0, 0;", "=r,r", [t], dtype=gl.int32,
                                          is_pure=False, pack=1)
@@ -183,18 +190,49 @@ if gluon is not None:
         return r
 
     @gluon.jit
+    def _step(X, Q, S, qo, xo, xm, so, G, g1, gc, SP, bases, xg, pg, xs, acc, q64, q16, q4, BLK: gl.constexpr,
+              BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
+              CH: gl.constexpr, XR: gl.constexpr, XBLK: gl.constexpr, DIAG: gl.constexpr, CHAINS: gl.constexpr,
+              SOFF: gl.constexpr, i: gl.constexpr):
+        """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
+        group G + STAGES - 1, decode."""
+        base = bases + _wait(STAGES - 2, bases)
+        w0 = _rd(base, i * CH * NT * 16)
+        w1 = w0
+        if BITS == 4:
+            w1 = _rd(base, (i * CH + 1) * NT * 16)
+        if XBLK:
+            x0 = _rd(xg, i * XR * 256)
+            x1 = _rd(xg, i * XR * 256 + 16)
+            x2 = _rd(xg, i * XR * 256 + 32)
+            x3 = _rd(xg, i * XR * 256 + 48)
+        else:
+            x0, x1, x2, x3 = xs
+            xs = LG._gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
+        s = _rd_s(base, SOFF + i * NT * 4)
+        _issue(Q, S, qo, so, G + STAGES - 1, gc, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
+        if XBLK == 2:
+            pv = _rd(pg, i * 512).to(gl.float32, bitcast=True)
+            acc = _math_p(w0, w1, x0, x1, x2, x3, s, acc, pv, BITS, ZCK, ONE_ROW, DIAG, CHAINS)
+        else:
+            acc = _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW, DIAG)
+        return acc, xs
+
+    @gluon.jit
     def alop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                      NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                      STAGES: gl.constexpr, XBLK: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
                      SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr,
-                     DIAG: gl.constexpr = 0, CHAINS: gl.constexpr = 1):
+                     DIAG: gl.constexpr = 0, CHAINS: gl.constexpr = 1, NOIF: gl.constexpr = 0):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G's codes and
         scales are copied STAGES - 1 groups before it is decoded. XBLK: the program's activations
         copied into shared memory once (GMAX >= GPS groups, XR >= M rows) and read from there;
         else loaded into registers one group ahead. XBLK == 2: also the offset mma (sum x, sum
         offset * x: the same for every row tile) once per group for the whole CTA, warp w taking
-        groups w, w + NW, .., its fragments kept in shared memory after the activations. The loop is unrolled STAGES times, so every
-        ring address is the thread's base plus a constant. DIAG (timing only, wrong results): bit 0
+        groups w, w + NW, .., its fragments kept in shared memory after the activations. The loop is
+        unrolled STAGES times, so every ring address is the thread's base plus a constant; NOIF: its
+        groups are not tested one by one (the range is padded to a multiple of STAGES, GMAX covering
+        it), so that ptxas may interleave consecutive groups. DIAG (timing only, wrong results): bit 0
         skips the group math, bit 1 the code and scale copies (the reads take what is there)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
@@ -235,38 +273,24 @@ if gluon is not None:
                     p0 = _offsets(_rd(xg0, 0), _rd(xg0, 16), _rd(xg0, 32), _rd(xg0, 48), q64, q16, q4, BITS)
                     _st4(pl + gg * 512, p0, (gg < GMAX).to(gl.int32))
                 gl.thread_barrier()
+            xs = (e, e, e, e)  # unused
         else:
             xs = LG._gload_x(X, xo, xm, g0)
+            xl = e  # unused
+        if XBLK != 2:
+            pl = e  # unused
         acc = gl.zeros([NW, 128], gl.float32, LY)
         for G0 in range(g0, g1, STAGES):
-            if XBLK:
-                xg = xl + (G0 - g0) * (XR * 256)
-            if XBLK == 2:
-                pg = pl + (G0 - g0) * 512
+            xg = xl + (G0 - g0) * (XR * 256)
+            pg = pl + (G0 - g0) * 512
             for i in gl.static_range(STAGES):
                 G = G0 + i
-                if G < g1:
-                    base = bases + _wait(STAGES - 2, e)
-                    w0 = _rd(base, i * CH * NT * 16)
-                    w1 = w0
-                    if BITS == 4:
-                        w1 = _rd(base, (i * CH + 1) * NT * 16)
-                    if XBLK == 2:
-                        pv = _rd(pg, i * 512).to(gl.float32, bitcast=True)
-                    if XBLK:
-                        x0 = _rd(xg, i * XR * 256)
-                        x1 = _rd(xg, i * XR * 256 + 16)
-                        x2 = _rd(xg, i * XR * 256 + 32)
-                        x3 = _rd(xg, i * XR * 256 + 48)
-                    else:
-                        x0, x1, x2, x3 = xs
-                        xs = LG._gload_x(X, xo, xm, gl.minimum(G + 1, g1 - 1))
-                    s = _rd_s(base, SOFF + i * NT * 4)
-                    _issue(Q, S, qo, so, G + STAGES - 1, gc, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-                    if XBLK == 2:
-                        acc = _math_p(w0, w1, x0, x1, x2, x3, s, acc, pv, BITS, ZCK, ONE_ROW, DIAG, CHAINS)
-                    else:
-                        acc = _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW, DIAG)
+                if NOIF:  # every group of the padded range (past g1: zero activations and scales)
+                    acc, xs = _step(X, Q, S, qo, xo, xm, so, G, g1, gc, SP, bases, xg, pg, xs, acc, q64, q16, q4, BLK,
+                                    BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, XBLK, DIAG, CHAINS, SOFF, i)
+                elif G < g1:
+                    acc, xs = _step(X, Q, S, qo, xo, xm, so, G, g1, gc, SP, bases, xg, pg, xs, acc, q64, q16, q4, BLK,
+                                    BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, XBLK, DIAG, CHAINS, SOFF, i)
         _wait(0, e)
         gl.thread_barrier()
         res.slice(0, NT).store(z1)
@@ -279,11 +303,11 @@ def _pow2(v):
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _consts(bits, warps, stages, xblk, gps, m):
-    gmax, xr = _pow2(gps), _pow2(m)
+def _consts(bits, warps, stages, xblk, gps, m, noif=0):
+    gmax, xr = _pow2(-(-gps // stages) * stages if noif else gps), _pow2(m)
     xbytes = (gmax * xr * 256 + (gmax * 512 if xblk == 2 else 0)) if xblk else 0
     soff, xoff, words = regions(bits, stages, 32 * warps, xbytes)
-    return dict(NW=warps, BITS=bits, STAGES=stages, XBLK=int(xblk), GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff,
+    return dict(NW=warps, BITS=bits, STAGES=stages, XBLK=int(xblk), NOIF=int(noif), GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff,
                 WORDS=words)
 
 
@@ -297,7 +321,7 @@ def chunk_major(lw):
     return lw
 
 
-def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0, chains=1):
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0, chains=1, noif=0):
     """alop3_kernel; ``xblk``: 1 the program's activations through shared memory, 2 also the offset
     sums computed once per CTA, 0 activations in registers."""
     chunk_major(lw)
@@ -308,7 +332,7 @@ def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, dia
     grid = (lw.n // (16 * warps), split_k)
     if ws is None:
         ws, cnt = LG._split_buffers(lw, m, split_k, grid[0], x.device)
-    cst = _consts(lw.bits, warps, stages, xblk, gps, m)
+    cst = _consts(lw.bits, warps, stages, xblk, gps, m, noif)
     k = alop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
                            lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, DIAG=diag, CHAINS=chains,
                            num_warps=warps, **cst)
@@ -332,14 +356,14 @@ def _check_window(k):
     _seen.add(id(k))
 
 
-def sass_counts(bits, warps, stages, xblk, gps=14, chains=1):
+def sass_counts(bits, warps, stages, xblk, gps=14, chains=1, noif=0):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = alop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, CHAINS=chains, **_consts(bits, warps, stages, xblk, gps, 1))
+    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, CHAINS=chains, **_consts(bits, warps, stages, xblk, gps, 1, noif))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT")}
@@ -353,7 +377,7 @@ def sass_counts(bits, warps, stages, xblk, gps=14, chains=1):
 
 def _splits(ng):
     """The splits of 4 .. 28 that divide the group count (no idle groups)."""
-    return [v for v in (4, 8, 14, 16, 28) if ng % v == 0]
+    return [v for v in (4, 7, 8, 14, 16, 28) if ng % v == 0]
 
 
 def scaling(args):
@@ -395,21 +419,23 @@ def main():
                     help="time against K (1024 .. 14336) for N rows at split SK, W warps, ST stages")
     ap.add_argument("--scaling-xblk", type=int, default=2, help="--scaling's activation mode (see --xblk)")
     ap.add_argument("--chains", default="1", help="XBLK 2: one 8-mma chain per group (1) or two of 4 (2)")
+    ap.add_argument("--noif", default="0", help="1: the group loop padded to a multiple of STAGES, no test per group")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     stages = [int(v) for v in args.stages.split(",")]
     chains = [int(v) for v in args.chains.split(",")]
-    modes = [(xb, ch) for xb in (int(v) for v in args.xblk.split(",")) for ch in (chains if xb == 2 else [1])]
+    modes = [(xb, ch, nf) for xb in (int(v) for v in args.xblk.split(",")) for ch in (chains if xb == 2 else [1])
+             for nf in (int(v) for v in args.noif.split(","))]
     if args.sass:
         rows = []
-        for xb, ch in modes:
+        for xb, ch, nf in modes:
             for bits in (int(b) for b in args.bits.split(",")):
                 for st in stages:
-                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb, chains=ch)
-                    rows.append(dict(bits=bits, xblk=xb, chains=ch, stages=st, registers=regs, loop=n,
+                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb, gps=16, chains=ch, noif=nf)
+                    rows.append(dict(bits=bits, xblk=xb, chains=ch, noif=nf, stages=st, registers=regs, loop=n,
                                      per_weight=round(pw, 3), mix=mix))
-                    print(f"xblk{xb} chains{ch} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per "
+                    print(f"xblk{xb} chains{ch} noif{nf} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per "
                           f"weight  {mix}", flush=True)
         if args.out:
             with open(os.path.join(args.out, "lop3_async_sass_triton36.json"), "w") as f:
@@ -419,10 +445,10 @@ def main():
         raise SystemExit("lop3_async.py: the GPU modes need CUDA; --sass runs without one")
     if args.scaling:
         return scaling(args)
-    for xb, ch in modes:
-        LG.compare(args, functools.partial(run, xblk=xb, chains=ch), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
+    for xb, ch, nf in modes:
+        LG.compare(args, functools.partial(run, xblk=xb, chains=ch, noif=nf), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
                    lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in _splits(ng)],
-                   f"async_xblk{xb}" + (f"_chains{ch}" if ch > 1 else ""))
+                   f"async_xblk{xb}" + (f"_chains{ch}" if ch > 1 else "") + ("_noif" if nf else ""))
 
 
 if __name__ == "__main__":
