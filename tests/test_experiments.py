@@ -43,3 +43,46 @@ def test_lop3_layout_pack_is_the_documented_bit_layout():
                 for h in range(2):
                     want = codes[2 * g + r0, 32 * c + 4 * j + 2 * r1 + h].item()
                     assert (q[lane, r].item() >> (16 * h + 2 * j)) & 3 == want
+
+
+def _async():
+    import lop3_async  # noqa: E402  (needs triton; the kernels themselves need a GPU)
+
+    return lop3_async
+
+
+def test_lop3_async_chunk_major_keeps_each_lanes_words():
+    """4 bits: chunk j of lane L (16 bytes at word 128 j + 4 L of a block) is words 8 L + 4 j .. of
+    the lop3 layout, the words the lane's mma registers take."""
+    A = _async()
+    codes, s, z, _ = lop3.random_case(32, 384, 4, 1, seed=5, asym=False)
+    lw = lop3.Lop3Weight(codes, s, z, 4, 8.0)
+    old = lw.q.clone().view(-1, 256)
+    new = A.chunk_major(lw).q.view(-1, 256)
+    assert A.chunk_major(lw).q.data_ptr() == lw.q.data_ptr()  # once only
+    for lane in (0, 7, 31):
+        for j in (0, 1):
+            assert torch.equal(new[:, 128 * j + 4 * lane:128 * j + 4 * lane + 4], old[:, 8 * lane + 4 * j:8 * lane + 4 * j + 4])
+
+
+@pytest.mark.parametrize("bits,stages,warps", [(2, 2, 2), (2, 4, 4), (4, 4, 2), (4, 8, 4)])
+def test_lop3_async_rings_stay_inside_their_regions(bits, stages, warps):
+    """Every address the copy asm writes, for every slot and thread, lies in its own region (codes
+    below the scales, scales below the activation block), and the allocation covers them all."""
+    import re
+
+    A = _async()
+    nt = 32 * warps
+    xbytes = 16 * 256 + 16 * 512
+    soff, xoff, words = A.regions(bits, stages, nt, xbytes)
+    assert words & (words - 1) == 0 and xoff + xbytes <= 4 * words
+    for slot in range(stages):
+        text = A._issue_asm(bits, stages, nt, slot)
+        codes = [int(v) for v in re.findall(r"\[\$16\+(\d+)\]", text)]
+        scales = [int(v) for v in re.findall(r"\[\$17\+(\d+)\]", text)]
+        assert len(codes) == bits // 2 and len(scales) == 1
+        for t in (0, nt - 1):
+            assert all(0 <= 16 * t + o and 16 * t + o + 16 <= soff for o in codes)
+            assert all(soff <= 4 * t + o and 4 * t + o + 4 <= xoff for o in scales)
+    firsts = {int(v) for slot in range(stages) for v in re.findall(r"\[\$16\+(\d+)\]", A._issue_asm(bits, stages, nt, slot))}
+    assert len(firsts) == stages * (bits // 2)  # no two slots or chunks share an address
