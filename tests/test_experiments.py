@@ -65,24 +65,28 @@ def test_lop3_async_chunk_major_keeps_each_lanes_words():
             assert torch.equal(new[:, 128 * j + 4 * lane:128 * j + 4 * lane + 4], old[:, 8 * lane + 4 * j:8 * lane + 4 * j + 4])
 
 
-@pytest.mark.parametrize("bits,stages,warps", [(2, 2, 2), (2, 4, 4), (4, 4, 2), (4, 8, 4)])
-def test_lop3_async_rings_stay_inside_their_regions(bits, stages, warps):
-    """Every address the copy asm writes, for every slot and thread, lies in its own region (codes
-    below the scales, scales below the activation block), and the allocation covers them all."""
+@pytest.mark.parametrize("bits,stages,warps,tpw", [(2, 2, 2, 1), (2, 4, 4, 1), (4, 4, 2, 1), (4, 8, 4, 1),
+                                                   (2, 4, 4, 2), (4, 4, 2, 2)])
+def test_lop3_async_rings_stay_inside_their_regions(bits, stages, warps, tpw):
+    """Every address the copy asm writes, for every slot, tile and thread, lies in its own region
+    (codes below the scales, scales below the activation block), and the allocation covers them all."""
     import re
 
     A = _async()
     nt = 32 * warps
     xbytes = 16 * 256 + 16 * 512
-    soff, xoff, words = A.regions(bits, stages, nt, xbytes)
+    soff, xoff, words = A.regions(bits, stages, nt, xbytes, tpw)
     assert words & (words - 1) == 0 and xoff + xbytes <= 4 * words
     for slot in range(stages):
-        text = A._issue_asm(bits, stages, nt, slot)
+        text = A._issue_asm(bits, stages, nt, slot, tpw)
         codes = [int(v) for v in re.findall(r"\[\$16\+(\d+)\]", text)]
         scales = [int(v) for v in re.findall(r"\[\$17\+(\d+)\]", text)]
-        assert len(codes) == bits // 2 and len(scales) == 1
+        assert len(codes) == tpw * bits // 2 and len(scales) == tpw
+        assert len(re.findall(r"\[\$20\+", text)) == (bits // 2 if tpw == 2 else 0)  # tile 1's codes
         for t in (0, nt - 1):
             assert all(0 <= 16 * t + o and 16 * t + o + 16 <= soff for o in codes)
             assert all(soff <= 4 * t + o and 4 * t + o + 4 <= xoff for o in scales)
-    firsts = {int(v) for slot in range(stages) for v in re.findall(r"\[\$16\+(\d+)\]", A._issue_asm(bits, stages, nt, slot))}
-    assert len(firsts) == stages * (bits // 2)  # no two slots or chunks share an address
+    allc = [int(v) for slot in range(stages) for v in re.findall(r"\[\$16\+(\d+)\]", A._issue_asm(bits, stages, nt, slot, tpw))]
+    alls = [int(v) for slot in range(stages) for v in re.findall(r"\[\$17\+(\d+)\]", A._issue_asm(bits, stages, nt, slot, tpw))]
+    assert len(set(allc)) == len(allc) == stages * tpw * (bits // 2)  # no two slots, tiles or chunks share one
+    assert len(set(alls)) == len(alls) == stages * tpw

@@ -39,35 +39,38 @@ triton = L.triton
 
 
 @triton.constexpr_function
-def regions(bits, stages, nthreads, xbytes):
-    """Byte offsets in the kernel's one shared allocation: the code ring [stage][chunk][thread]
-    16 bytes at 0, the scale ring [stage][thread] 4 bytes, the activation block (xbytes); and the
-    allocation's size in int32 words (a power of two, as Gluon's allocations must be)."""
-    bits, stages, nthreads, xbytes = int(bits), int(stages), int(nthreads), int(xbytes)
-    soff = stages * (bits // 2) * nthreads * 16
-    xoff = soff + stages * nthreads * 4
+def regions(bits, stages, nthreads, xbytes, tpw=1):
+    """Byte offsets in the kernel's one shared allocation: the code ring [stage][tile][chunk][thread]
+    16 bytes at 0, the scale ring [stage][tile][thread] 4 bytes, the activation block (xbytes); and
+    the allocation's size in int32 words (a power of two, as Gluon's allocations must be). ``tpw``:
+    row tiles a warp decodes (each its own codes and scales)."""
+    bits, stages, nthreads, xbytes, tpw = int(bits), int(stages), int(nthreads), int(xbytes), int(tpw)
+    soff = stages * tpw * (bits // 2) * nthreads * 16
+    xoff = soff + stages * tpw * nthreads * 4
     return soff, xoff, 1 << max(0, (xoff + xbytes - 1) // 4).bit_length()
 
 
 @triton.constexpr_function
-def _issue_asm(bits, stages, nthreads, slot):
+def _issue_asm(bits, stages, nthreads, slot, tpw=1):
     """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the scale
     address (int64, element 0 of each lane's four), $12 whether the group is real (else no code is
     copied and the scale slot is zero-filled; the group is still committed so that the wait counts
     stay exact), $16 / $17 the
     thread's ring bases (16 / 4 bytes a thread: elements 0 and 1 of the pack :func:`_bases`
     makes). The code chunks of a lane are 512 bytes apart (the chunk-major 4-bit order run() makes).
-    $0-3 a dummy result."""
-    bits, stages, nthreads, slot = int(bits), int(stages), int(nthreads), int(slot)
+    ``tpw`` 2: $20 / $24 the second row tile's code and scale addresses. $0-3 a dummy result."""
+    bits, stages, nthreads, slot, tpw = int(bits), int(stages), int(nthreads), int(slot), int(tpw)
     ch = bits // 2
-    soff, _, _ = regions(bits, stages, nthreads, 0)
-    t = ["{", ".reg .pred v;", "setp.ne.s32 v, $12, 0;"]
-    for j in range(ch):
-        t.append(f"@v cp.async.cg.shared.global [$16+{(slot * ch + j) * nthreads * 16}], [$4+{512 * j}], 16;")
-    # the scale is copied for every group, zeros past g1 (so a padded group adds s * 0 = 0)
-    t.insert(1, ".reg .u32 sz;")
-    t.append("selp.u32 sz, 4, 0, v;")
-    t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
+    soff, _, _ = regions(bits, stages, nthreads, 0, tpw)
+    t = ["{", ".reg .u32 sz;", ".reg .pred v;", "setp.ne.s32 v, $12, 0;", "selp.u32 sz, 4, 0, v;"]
+    for u in range(tpw):
+        qa = "$20" if u else "$4"
+        sa = "$24" if u else "$8"
+        for j in range(ch):
+            t.append(f"@v cp.async.cg.shared.global [$16+{((slot * tpw + u) * ch + j) * nthreads * 16}], "
+                     f"[{qa}+{512 * j}], 16;")
+        # the scale is copied for every group, zeros past g1 (so a padded group adds s * 0 = 0)
+        t.append(f"cp.async.ca.shared.global [$17+{soff + (slot * tpw + u) * nthreads * 4}], [{sa}], 4, sz;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)
 
@@ -113,13 +116,21 @@ if gluon is not None:
 
     @gluon.jit
     def _issue(Q, S, qo, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
-               NT: gl.constexpr, SLOT: gl.constexpr):
-        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT."""
+               NT: gl.constexpr, SLOT: gl.constexpr, TPW: gl.constexpr = 1, qd=0, sd=0):
+        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT; TPW 2: also
+        those of the row tile qd code words / sd scale rows further on."""
         Gc = gl.minimum(G, g1 - 1)
-        return gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
-                                         [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
-                                          (so * 0 + G < g1).to(gl.int32), bases], dtype=gl.int32, is_pure=False,
-                                         pack=4)
+        qa = (Q + qo + Gc * BLK).to(gl.int64)
+        sa = (S + so + Gc * SP).to(gl.int64)
+        ok = (so * 0 + G < g1).to(gl.int32)
+        if TPW == 2:
+            r = gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, SLOT, TPW), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8
+                                          + ",l" * 8, [qa, sa, ok, bases, qa + qd * 4, sa + sd * 2], dtype=gl.int32,
+                                          is_pure=False, pack=4)
+        else:
+            r = gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, SLOT, TPW), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
+                                          [qa, sa, ok, bases], dtype=gl.int32, is_pure=False, pack=4)
+        return r
 
     @gluon.jit
     def _x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
@@ -219,11 +230,41 @@ if gluon is not None:
         return acc, xs
 
     @gluon.jit
+    def _step2(Q, S, qo, qd, so, sd, G, gc, SP, bases, xg, acc0, acc1, q64, q16, q4, BLK: gl.constexpr,
+               BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
+               CH: gl.constexpr, XR: gl.constexpr, DIAG: gl.constexpr, SOFF: gl.constexpr, i: gl.constexpr):
+        """TPW 2 (XBLK 1): group G of two row tiles from ring slot i; the activation fragments and the
+        offset mma are the same for both tiles and taken once."""
+        base = bases + _wait(STAGES - 2, bases)
+        o: gl.constexpr = i * 2 * CH * NT * 16
+        w00 = _rd(base, o)
+        w10 = _rd(base, o + CH * NT * 16)
+        w01 = w00
+        w11 = w10
+        if BITS == 4:
+            w01 = _rd(base, o + NT * 16)
+            w11 = _rd(base, o + (CH + 1) * NT * 16)
+        x0 = _rd(xg, i * XR * 256)
+        x1 = _rd(xg, i * XR * 256 + 16)
+        x2 = _rd(xg, i * XR * 256 + 32)
+        x3 = _rd(xg, i * XR * 256 + 48)
+        s0 = _rd_s(base, SOFF + i * 2 * NT * 4)
+        s1 = _rd_s(base, SOFF + (i * 2 + 1) * NT * 4)
+        _issue(Q, S, qo, so, G + STAGES - 1, gc, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES, 2, qd,
+               sd)
+        if DIAG % 2 == 0:
+            p = _offsets(x0, x1, x2, x3, q64, q16, q4, BITS)
+            acc0 = _math_p(w00, w01, x0, x1, x2, x3, s0, acc0, p, BITS, ZCK, ONE_ROW, 0, 1)
+            acc1 = _math_p(w10, w11, x0, x1, x2, x3, s1, acc1, p, BITS, ZCK, ONE_ROW, 0, 1)
+        return acc0, acc1
+
+    @gluon.jit
     def alop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                      NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                      STAGES: gl.constexpr, XBLK: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
                      SOFF: gl.constexpr, XOFF: gl.constexpr, WORDS: gl.constexpr,
-                     DIAG: gl.constexpr = 0, CHAINS: gl.constexpr = 1, NOIF: gl.constexpr = 0):
+                     DIAG: gl.constexpr = 0, CHAINS: gl.constexpr = 1, NOIF: gl.constexpr = 0,
+                     TPW: gl.constexpr = 1):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis; group G's codes and
         scales are copied STAGES - 1 groups before it is decoded. XBLK: the program's activations
         copied into shared memory once (GMAX >= GPS groups, XR >= M rows) and read from there;
@@ -233,7 +274,9 @@ if gluon is not None:
         unrolled STAGES times, so every ring address is the thread's base plus a constant; NOIF: its
         groups are not tested one by one (the range is padded to a multiple of STAGES, GMAX covering
         it), so that ptxas may interleave consecutive groups. DIAG (timing only, wrong results): bit 0
-        skips the group math, bit 1 the code and scale copies (the reads take what is there)."""
+        skips the group math, bit 1 the code and scale copies (the reads take what is there). TPW 2
+        (XBLK 1, NOIF 0 only): each warp decodes row tiles w and w + NW of the program's 2 NW,
+        reading the activation fragments and doing the offset mma once for both."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -247,7 +290,9 @@ if gluon is not None:
         gl.thread_barrier()  # that store lands before any thread's copies
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
-        g, c, e, ta, xo, xm, so = LG._lanes(pid_n, M, stride_xm, NW, LY)
+        g, c, e, ta, xo, xm, so = LG._lanes(pid_n * TPW, M, stride_xm, NW, LY)
+        qd = NW * NG * BLK  # TPW 2: the second tile's codes and scale rows this far on
+        sd = NW * 16
         q64, q16, q4 = LG._quads(AQ, e, ta)
         qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # chunk-major codes: chunk j at + 128 j
         bases = _bases(e)
@@ -259,7 +304,7 @@ if gluon is not None:
         if XBLK:
             _x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1)
         for i in gl.static_range(STAGES - 1):
-            _issue(Q, S, qo, so, g0 + i, gc, SP, bases, BLK, BITS, STAGES, NT, i)
+            _issue(Q, S, qo, so, g0 + i, gc, SP, bases, BLK, BITS, STAGES, NT, i, TPW, qd, sd)
         if XBLK:
             _wait(STAGES - 1, e)  # the activation block (the oldest group) has landed, for this thread
             gl.thread_barrier()  # and for every thread
@@ -280,12 +325,17 @@ if gluon is not None:
         if XBLK != 2:
             pl = e  # unused
         acc = gl.zeros([NW, 128], gl.float32, LY)
+        acc1 = gl.zeros([NW, 128], gl.float32, LY)
         for G0 in range(g0, g1, STAGES):
             xg = xl + (G0 - g0) * (XR * 256)
             pg = pl + (G0 - g0) * 512
             for i in gl.static_range(STAGES):
                 G = G0 + i
-                if NOIF:  # every group of the padded range (past g1: zero activations and scales)
+                if TPW == 2:
+                    if G < g1:
+                        acc, acc1 = _step2(Q, S, qo, qd, so, sd, G, gc, SP, bases, xg, acc, acc1, q64, q16, q4, BLK,
+                                           BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, DIAG, SOFF, i)
+                elif NOIF:  # every group of the padded range (past g1: zero activations and scales)
                     acc, xs = _step(X, Q, S, qo, xo, xm, so, G, g1, gc, SP, bases, xg, pg, xs, acc, q64, q16, q4, BLK,
                                     BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, XBLK, DIAG, CHAINS, SOFF, i)
                 elif G < g1:
@@ -296,19 +346,22 @@ if gluon is not None:
         res.slice(0, NT).store(z1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
-        LG._finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n, pid_k, SPLIT_K)
+        LG._finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, pid_n * TPW, pid_k, SPLIT_K)
+        if TPW == 2:
+            LG._finish(acc1, ocol, orow + sd, M, N, OUT, stride_om, WS, CNT, pid_n * TPW + 1, pid_k, SPLIT_K)
 
 
 def _pow2(v):
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _consts(bits, warps, stages, xblk, gps, m, noif=0):
+def _consts(bits, warps, stages, xblk, gps, m, noif=0, tpw=1):
     gmax, xr = _pow2(-(-gps // stages) * stages if noif else gps), _pow2(m)
     xbytes = (gmax * xr * 256 + (gmax * 512 if xblk == 2 else 0)) if xblk else 0
-    soff, xoff, words = regions(bits, stages, 32 * warps, xbytes)
+    assert tpw == 1 or (xblk == 1 and not noif), "TPW 2 is written for XBLK 1, NOIF 0"
+    soff, xoff, words = regions(bits, stages, 32 * warps, xbytes, tpw)
     return dict(NW=warps, BITS=bits, STAGES=stages, XBLK=int(xblk), NOIF=int(noif), GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff,
-                WORDS=words)
+                WORDS=words, TPW=int(tpw))
 
 
 def chunk_major(lw):
@@ -321,18 +374,20 @@ def chunk_major(lw):
     return lw
 
 
-def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0, chains=1, noif=0):
+def run(lw, x, out, warps=4, stages=4, split_k=1, ws=None, cnt=None, xblk=1, diag=0, chains=1, noif=0, tpw=1):
     """alop3_kernel; ``xblk``: 1 the program's activations through shared memory, 2 also the offset
-    sums computed once per CTA, 0 activations in registers."""
+    sums computed once per CTA, 0 activations in registers; ``tpw``: row tiles per warp."""
     chunk_major(lw)
     m = x.shape[0]
     ng = lw.k // 128
     gps = triton.cdiv(ng, split_k)
     split_k = triton.cdiv(ng, gps)
-    grid = (lw.n // (16 * warps), split_k)
+    if lw.n % (16 * warps * tpw):
+        raise ValueError(f"{lw.n} rows do not split into programs of {warps} warps x {tpw} tiles of 16")
+    grid = (lw.n // (16 * warps * tpw), split_k)
     if ws is None:
-        ws, cnt = LG._split_buffers(lw, m, split_k, grid[0], x.device)
-    cst = _consts(lw.bits, warps, stages, xblk, gps, m, noif)
+        ws, cnt = LG._split_buffers(lw, m, split_k, grid[0] * tpw, x.device)
+    cst = _consts(lw.bits, warps, stages, xblk, gps, m, noif, tpw)
     k = alop3_kernel[grid](x.view(torch.int32), x.stride(0), lw.q, lw.s, lw.aq, out, out.stride(0), ws, cnt, m, lw.n,
                            lw.sp, ng, gps, split_k, ZCK=lw.zc, ONE_ROW=m == 1, DIAG=diag, CHAINS=chains,
                            num_warps=warps, **cst)
@@ -356,14 +411,15 @@ def _check_window(k):
     _seen.add(id(k))
 
 
-def sass_counts(bits, warps, stages, xblk, gps=14, chains=1, noif=0):
+def sass_counts(bits, warps, stages, xblk, gps=14, chains=1, noif=0, tpw=1):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = alop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, CHAINS=chains, **_consts(bits, warps, stages, xblk, gps, 1, noif))
+    cst = dict(ZCK=float(1 << (bits - 1)), ONE_ROW=True, DIAG=0, CHAINS=chains,
+               **_consts(bits, warps, stages, xblk, gps, 1, noif, tpw))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT",
                                                                     "stride_om", "N", "SP", "WS", "CNT")}
@@ -372,7 +428,7 @@ def sass_counts(bits, warps, stages, xblk, gps=14, chains=1, noif=0):
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
     _check_window(comp)
     # the loop runs STAGES groups (16 mmas each, 8 when the offset mma is shared) per iteration
-    return comp, L.per_weight(comp, stages * 16 * 128 / 32, mmas=(8 if xblk == 2 else 16) * stages)
+    return comp, L.per_weight(comp, tpw * stages * 16 * 128 / 32, mmas=(8 * tpw + (0 if xblk == 2 else 8)) * stages)
 
 
 def _splits(ng):
@@ -399,7 +455,8 @@ def scaling(args):
             row = dict(n=n, k=k, bits=bits, config=f"w{w}:st{st}:sk{sk}", read_us=round(kb.read_time(lw0.bytes_read()), 2))
             for diag in (0, 1, 2, 3):
                 row[f"diag{diag}_us"] = round(kb.graph_time(
-                    [lambda lw=lw, o=o: run(lw, x, o, w, st, sk, ws, cnt, args.scaling_xblk, diag) for lw, o in zip(lws, outs)]), 2)
+                    [lambda lw=lw, o=o: run(lw, x, o, w, st, sk, ws, cnt, args.scaling_xblk, diag,
+                                                   tpw=args.scaling_tpw) for lw, o in zip(lws, outs)]), 2)
             rows.append(row)
             print(row, flush=True)
     if args.out:
@@ -420,23 +477,26 @@ def main():
     ap.add_argument("--scaling-xblk", type=int, default=2, help="--scaling's activation mode (see --xblk)")
     ap.add_argument("--chains", default="1", help="XBLK 2: one 8-mma chain per group (1) or two of 4 (2)")
     ap.add_argument("--noif", default="0", help="1: the group loop padded to a multiple of STAGES, no test per group")
+    ap.add_argument("--tpw", default="1", help="row tiles per warp (2: XBLK 1, NOIF 0 only)")
+    ap.add_argument("--scaling-tpw", type=int, default=1, help="--scaling's row tiles per warp")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     stages = [int(v) for v in args.stages.split(",")]
     chains = [int(v) for v in args.chains.split(",")]
-    modes = [(xb, ch, nf) for xb in (int(v) for v in args.xblk.split(",")) for ch in (chains if xb == 2 else [1])
-             for nf in (int(v) for v in args.noif.split(","))]
+    modes = [(xb, ch, nf, tp) for xb in (int(v) for v in args.xblk.split(",")) for ch in (chains if xb == 2 else [1])
+             for nf in (int(v) for v in args.noif.split(",")) for tp in (int(v) for v in args.tpw.split(","))
+             if tp == 1 or (xb == 1 and not nf)]
     if args.sass:
         rows = []
-        for xb, ch, nf in modes:
+        for xb, ch, nf, tp in modes:
             for bits in (int(b) for b in args.bits.split(",")):
                 for st in stages:
-                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb, gps=16, chains=ch, noif=nf)
-                    rows.append(dict(bits=bits, xblk=xb, chains=ch, noif=nf, stages=st, registers=regs, loop=n,
-                                     per_weight=round(pw, 3), mix=mix))
-                    print(f"xblk{xb} chains{ch} noif{nf} {bits}-bit stages {st}: {regs} registers, loop {n}, {pw:.2f} per "
-                          f"weight  {mix}", flush=True)
+                    _, (regs, n, pw, mix) = sass_counts(bits, 4, st, xb, gps=16, chains=ch, noif=nf, tpw=tp)
+                    rows.append(dict(bits=bits, xblk=xb, chains=ch, noif=nf, tpw=tp, stages=st, registers=regs,
+                                     loop=n, per_weight=round(pw, 3), mix=mix))
+                    print(f"xblk{xb} chains{ch} noif{nf} tpw{tp} {bits}-bit stages {st}: {regs} registers, loop {n}, "
+                          f"{pw:.2f} per weight  {mix}", flush=True)
         if args.out:
             with open(os.path.join(args.out, "lop3_async_sass_triton36.json"), "w") as f:
                 json.dump(rows, f, indent=1)
@@ -445,10 +505,11 @@ def main():
         raise SystemExit("lop3_async.py: the GPU modes need CUDA; --sass runs without one")
     if args.scaling:
         return scaling(args)
-    for xb, ch, nf in modes:
-        LG.compare(args, functools.partial(run, xblk=xb, chains=ch, noif=nf), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
+    for xb, ch, nf, tp in modes:
+        LG.compare(args, functools.partial(run, xblk=xb, chains=ch, noif=nf, tpw=tp), ((4, 4, 1), (4, 8, 4), (2, 4, 2)),
                    lambda n, ng: [(w, st, sk) for w in (2, 4) for st in stages for sk in _splits(ng)],
-                   f"async_xblk{xb}" + (f"_chains{ch}" if ch > 1 else "") + ("_noif" if nf else ""))
+                   f"async_xblk{xb}" + (f"_chains{ch}" if ch > 1 else "") + ("_noif" if nf else "")
+                   + (f"_tpw{tp}" if tp > 1 else ""))
 
 
 if __name__ == "__main__":
