@@ -217,6 +217,11 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
     ``profile``: a per-layer map stored by ``matgptq search`` (e.g. ``"3.25"``), instead of ``bits``.
     Switch later with ``model.set_bits(3)`` (in place, no reload). Reads MatGPTQ checkpoints
     written by :func:`quantize_model` and the published MatGPTQ format.
+
+    ``layout``: ``"resident"`` (switchable), ``"fixed"`` (one width per layer), or ``"lop3"``
+    (one width per layer, the fastest batch 1-16 decode on a GPU where a layer is at 2 or 4 bits
+    on a symmetric grid with groups of 128; the other layers get ``"fixed"``, and a log line
+    says how many).
     """
     from .models.loading import parse_dtype
     from .models.traverse import set_submodule
@@ -237,6 +242,7 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
         dtype = parse_dtype(name) if name != "auto" else torch.float32
     model = _empty_model(ck.model_config, dtype)
     qws, rest = ck.read()
+    not_lop3: list[str] = []
     for name, qw in qws.items():
         try:
             lin = model.get_submodule(name)
@@ -252,8 +258,18 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
         bias = rest.pop(f"{name}.bias", None)
         if (bias is None) != (lin.bias is None):
             raise ValueError(f"{name}: bias {'missing from' if bias is None else 'unexpected in'} the checkpoint")
-        ql = QuantLinear.from_quantized(qw, bias=bias, bits=meta.bits_for(name, bits), layout=layout, dtype=dtype)
+        layer_bits = meta.bits_for(name, bits)
+        try:
+            ql = QuantLinear.from_quantized(qw, bias=bias, bits=layer_bits, layout=layout, dtype=dtype)
+        except ValueError:
+            if layout != "lop3":
+                raise
+            ql = QuantLinear.from_quantized(qw, bias=bias, bits=layer_bits, layout="fixed", dtype=dtype)
+            not_lop3.append(name)
         set_submodule(model, name, ql)
+    if not_lop3:
+        log.info("layout='lop3': %d of %d layers are not 2/4-bit symmetric with groups of 128 (e.g. %s); they use "
+                 "layout='fixed'", len(not_lop3), len(qws), not_lop3[0])
     rest = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in rest.items()}
     result = model.load_state_dict(rest, strict=False, assign=True)
     if result.unexpected_keys:

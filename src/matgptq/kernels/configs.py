@@ -19,12 +19,14 @@ GEMV_MAX_M = 2  # heuristic: CUDA-core kernel up to this batch, tensor cores abo
 GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batch
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
-KINDS = ("mma", "gemv", "gemm", "cublas")
+KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
+LOP3_MAX_M = 16  # the lop3 layout's kernel: up to 8 rows a launch, two launches up to 16
+LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    kind: str  # "mma" | "gemv" | "gemm" | "cublas" (dequantize once, then torch.matmul); mma: bn = 16 * tiles
+    kind: str  # "mma" | "gemv" | "gemm" | "cublas" (dequantize, then torch.matmul) | "lop3"; mma: bn = 16 * tiles
     bn: int = 64
     bm: int = 16
     split_k: int = 1
@@ -48,6 +50,9 @@ class KernelConfig:
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
+        if self.kind == "lop3" and (self.num_stages not in (2, 3, 4, 6, 8) or self.num_warps not in (1, 2, 4, 8)):
+            raise ValueError(f"num_stages={self.num_stages}, num_warps={self.num_warps} with kind='lop3': use 2, 3, 4, 6 "
+                             "or 8 stages (groups in flight + 1) and 1, 2, 4 or 8 warps (row tiles per program)")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
@@ -164,6 +169,40 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False, bits: 
     if m >= 32:
         out.append(KernelConfig("cublas"))
     return list(dict.fromkeys(out))
+
+
+def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int) -> bool:
+    from .lop3_kernel import shared_bytes
+
+    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), min(m, 8)) <= LOP3_SHARED
+
+
+def _lop3_splits(groups: int) -> list[int]:
+    """Splits of the K axis that leave no program idle: the divisors of the group count up to 32."""
+    return [d for d in range(1, min(groups, 32) + 1) if groups % d == 0]
+
+
+def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int) -> KernelConfig:
+    """The lop3 kernel's launch where no table entry or tuner says otherwise (H200 measurements:
+    2 warps up to 8192 rows, else 4; 4 stages; about eight programs per SM)."""
+    warps = next(w for w in ((2, 4, 1) if n <= 8192 else (4, 2, 1)) if n % (16 * w) == 0)
+    ok = [d for d in _lop3_splits(groups) if _lop3_split_ok(n, groups, m, bits, warps, 4, d)] or [groups]
+    target = 8 * sms
+    split = min(ok, key=lambda d: abs(n // (16 * warps) * d - target))
+    return KernelConfig("lop3", bn=16 * warps, split_k=split, num_warps=warps, num_stages=4)
+
+
+def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int) -> list[KernelConfig]:
+    """What the autotuner tries for the lop3 kernel: 1, 2 or 4 warps, 2 or 4 stages, and the splits
+    that put 2-16 programs on each SM."""
+    out = []
+    for w in (1, 2, 4):
+        for st in (2, 4):
+            for d in _lop3_splits(groups):
+                progs = n // (16 * w) * d
+                if 2 * sms <= progs <= 16 * sms and _lop3_split_ok(n, groups, m, bits, w, st, d):
+                    out.append(KernelConfig("lop3", bn=16 * w, split_k=d, num_warps=w, num_stages=st))
+    return out or [lop3_heuristic(n, groups, m, sms, bits)]
 
 
 _tuned: dict[str, KernelConfig] = {}

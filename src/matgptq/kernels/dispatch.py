@@ -3,7 +3,9 @@
 CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
 batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
-configuration (:mod:`.configs`). Elsewhere: plain torch (dequantize, then matmul).
+configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 16 on
+a GPU (:mod:`.lop3_kernel`, Gluon), dequantize + cuBLAS otherwise. Elsewhere: plain torch
+(dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def interpreting() -> bool:
 
 def kernel_supported(pw: PackedWeight, bits: int) -> bool:
     """Shapes and widths the kernels serve (others fall back to plain torch)."""
+    if pw.layout == "lop3":
+        return pw.servable(bits)
     g = pw.group_size
     return pw.read_plan(bits).kernel_ok and (g is None or g % V == 0)
 
@@ -200,11 +204,52 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     return out
 
 
+def lop3_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
+    """The lop3 layout's kernel: a GPU (not the interpreter), Triton with Gluon, fp16 activations,
+    at most 16 rows, rows 16-byte aligned (the activations are copied 16 bytes at a time)."""
+    from .lop3_kernel import gluon_available
+
+    return (pw.layout == "lop3" and x2.is_cuda and not interpreting() and gluon_available()
+            and x2.dtype == torch.float16 and x2.shape[0] <= configs.LOP3_MAX_M and x2.data_ptr() % 16 == 0
+            and x2.stride(0) % 8 == 0 and x2.stride(1) == 1)
+
+
+def _lop3_zero(pw: PackedWeight, bits: int) -> tuple[float, float]:
+    plan = pw.read_plan(bits)
+    return plan.two_d, plan.zconst - plan.zoff  # 2^d, z_b of the symmetric grid
+
+
+def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+                cfg: KernelConfig) -> torch.Tensor:
+    """Batches of up to 8 rows in one launch, 9-16 in two (rows 0-7, then the rest)."""
+    from . import lop3_kernel
+
+    if not lop3_supported(x2, pw):
+        raise ValueError(f"the lop3 kernel serves fp16 batches of at most {configs.LOP3_MAX_M} rows on a GPU (Triton "
+                         f"with Gluon), starting at 16-byte aligned addresses, not {x2.dtype} x {tuple(x2.shape)} on "
+                         f"{x2.device}; pass x.contiguous().half(), or use a 'cublas' config")
+    two_d, zb = _lop3_zero(pw, bits)
+    ng = pw.k // 128
+    split = -(-ng // -(-ng // cfg.split_k))
+    m8 = min(x2.shape[0], lop3_kernel.MAX_M)
+    ws, cnt = _workspace(x2.device, split * m8 * pw.n if split > 1 else 0, pw.n // 16)
+    for r0 in range(0, x2.shape[0], lop3_kernel.MAX_M):
+        lop3_kernel.launch_lop3(x2[r0:r0 + lop3_kernel.MAX_M], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
+                                out[r0:r0 + lop3_kernel.MAX_M], bias, ws, cnt, cfg.num_warps, cfg.num_stages,
+                                cfg.split_k)
+    return out
+
+
 def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torch.Tensor | None = None,
                       bn: int = 64) -> torch.Tensor:
     """Ŵ_b [N, K] in storage column order, written by one Triton launch."""
     from .gemm import dequant_kernel
 
+    if pw.layout == "lop3":
+        from .lop3_dequant import lop3_dequantize
+
+        pw.check_bits(bits)
+        return lop3_dequantize(pw.qweight, pw.scales, pw.n, pw.k, bits, *_lop3_zero(pw, bits), dtype, out)
     plan = pw.read_plan(bits)
     if out is None:
         out = torch.empty(pw.n, pw.k, dtype=dtype, device=pw.qweight.device)
@@ -241,7 +286,28 @@ def run_config(cfg: KernelConfig, x2, pw, bits, out, bias):
         return launch_gemm(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "mma":
         return launch_mma(x2, pw, bits, out, bias, cfg)
+    if cfg.kind == "lop3":
+        return launch_lop3(x2, pw, bits, out, bias, cfg)
+    if pw.layout == "lop3" and cfg.kind != "cublas":
+        raise ValueError(f"a {cfg.kind!r} config cannot read the lop3 layout; use kind='lop3' or 'cublas'")
     return _cublas(x2, pw, bits, out, bias)
+
+
+def _choose_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, bias, key: str) -> KernelConfig:
+    """The lop3 layout: its kernel where it serves (table, tuner or heuristic), else dequantize +
+    cuBLAS."""
+    if not lop3_supported(x2, pw):
+        return KernelConfig("cublas")
+    dev, m = x2.device, x2.shape[0]
+    cfg = configs.recalled(key) or configs.lookup(_device_name(dev), pw.n, pw.k, m, fmt_key(pw, bits, x2.dtype))
+    if cfg is not None:
+        return cfg
+    if configs.autotune_enabled() and not torch.cuda.is_current_stream_capturing():
+        cfg = _autotune(x2, pw, bits, bias)
+    else:
+        cfg = configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(dev), bits)
+    configs.remember(key, cfg)
+    return cfg
 
 
 def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> KernelConfig:
@@ -250,6 +316,8 @@ def choose_config(x2: torch.Tensor, pw: PackedWeight, bits: int, bias=None) -> K
     fmt = fmt_key(pw, bits, x2.dtype)
     name = _device_name(dev)
     key = configs.table_key(name, pw.n, pw.k, m, fmt)
+    if pw.layout == "lop3":
+        return _choose_lop3(x2, pw, bits, bias, key)
     cfg = configs.recalled(key) or configs.lookup(name, pw.n, pw.k, m, fmt)
     mma = mma_supported(x2, pw)
     if cfg is not None and (cfg.kind != "mma" or mma):
@@ -271,13 +339,19 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
     m = x2.shape[0]
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
     best, best_t = None, float("inf")
-    for cfg in configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits):
+    if pw.layout == "lop3":
+        cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits)
+    else:
+        cands = configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits)
+    for cfg in cands:
         try:
             t = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20, return_mode="median")
         except Exception:  # a candidate that does not compile or fit is skipped
             continue
         if t < best_t:
             best, best_t = cfg, t
+    if pw.layout == "lop3":
+        return best or configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(x2.device), bits)
     return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw))
 
 

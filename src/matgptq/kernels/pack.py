@@ -24,6 +24,10 @@ chunk are contiguous, so a tile of rows is one contiguous read whatever its heig
 
 Scales and zeros are stored transposed, [groups, N], so a kernel reads a row tile's scales of
 one group contiguously.
+
+- ``lop3``: a fixed-width 2- or 4-bit slice (symmetric grid, groups of 128) in the order of an
+  mma fragment, decoded by one ``lop3`` per fp16 pair (:mod:`.lop3_pack`): the batch 1-16
+  decode layout. ``qweight`` is its int32 words, ``scales`` fp16 [groups, N + 16].
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from dataclasses import dataclass
 import torch
 
 from ..quant.grid import slice_codes, sliced_zero
+from .lop3_pack import GROUP as LOP3_GROUP
+from .lop3_pack import LOP3_BITS, check_lop3, pack_lop3, pad_scales, unpack_lop3
 
 V = 16  # int32 words per row per chunk
 UNIT = V  # weights per (lane, unit) slice
 KTILE = 32 * V  # weights per row per k-tile
-LAYOUTS = ("fixed", "resident")
+LAYOUTS = ("fixed", "resident", "lop3")
+SINGLE_WIDTH = ("fixed", "lop3")  # layouts that hold one slice
 
 FIXED_PARTS = {1: (1,), 2: (2,), 3: (2, 1), 4: (4,), 5: (4, 1), 6: (4, 2), 7: (4, 2, 1), 8: (8,)}
 
@@ -97,15 +104,15 @@ class PackedWeight:
         return self.qweight.shape[0]
 
     def servable(self, bits: int) -> bool:
-        if self.layout == "fixed":
+        if self.layout in SINGLE_WIDTH:
             return bits == self.fixed_bits
         return 1 <= bits <= self.master_bits
 
     def check_bits(self, bits: int) -> None:
         if not self.servable(bits):
-            if self.layout == "fixed":
+            if self.layout in SINGLE_WIDTH:
                 raise ValueError(
-                    f"this fixed-width layout holds only the {self.fixed_bits}-bit slice; pack again "
+                    f"this {self.layout!r} layout holds only the {self.fixed_bits}-bit slice; pack again "
                     f"for bits={bits} or use layout='resident'"
                 )
             raise ValueError(f"bits={bits} cannot be served from {self.master_bits}-bit master codes; "
@@ -116,7 +123,7 @@ class PackedWeight:
         self.check_bits(bits)
         m = self.master_bits
         d = m - bits
-        if self.layout == "fixed":
+        if self.layout in SINGLE_WIDTH:
             nparts, rnd = len(self.parts), False
         else:
             nparts = 1 if bits <= 2 else bits - 1
@@ -129,6 +136,8 @@ class PackedWeight:
     def bytes_read(self, bits: int) -> int:
         """Bytes a ``bits``-wide matmul reads from the weight: packed codes, scales and zeros."""
         plan = self.read_plan(bits)
+        if self.layout == "lop3":  # the words, and the scales without their row padding
+            return self.qweight.numel() * 4 + self.scales.shape[0] * self.n * 2
         chunks = sum(plan.widths) + int(plan.round_part)
         n = self.k_tiles * chunks * self.n * V * 4
         n += self.scales.numel() * self.scales.element_size()
@@ -253,6 +262,8 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, mast
         group_size = None
     if scales.shape[1] == 1:
         group_size = None
+    if layout == "lop3":
+        return _pack_lop3(codes, scales, zeros, master_bits, slicing, group_size, bits)
     if layout == "fixed":
         bits = master_bits if bits is None else int(bits)
         if not 1 <= bits <= master_bits:
@@ -272,9 +283,36 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, mast
                         group_size, n, k, bits)
 
 
+def _pack_lop3(codes, scales, zeros, master_bits, slicing, group_size, bits) -> PackedWeight:
+    """The ``lop3`` layout, after checking what it holds (each miss names the fix)."""
+    n, k = codes.shape
+    if bits is None or int(bits) not in LOP3_BITS:
+        raise ValueError(f"layout='lop3' packs one 2- or 4-bit slice; pass bits=2 or bits=4 (got {bits}), "
+                         "or use layout='fixed' for other widths")
+    bits = int(bits)
+    if bits > master_bits:
+        raise ValueError(f"bits={bits} cannot be sliced from {master_bits}-bit codes; choose 1..{master_bits}")
+    check_lop3(n, k, bits)
+    if (group_size or k) != LOP3_GROUP or scales.shape[1] != k // LOP3_GROUP:
+        raise ValueError(f"layout='lop3' needs scale groups of {LOP3_GROUP} columns, not group_size={group_size}; "
+                         "use layout='fixed'")
+    if not bool((zeros.to(torch.int32) == (1 << (master_bits - 1))).all()):
+        raise ValueError("layout='lop3' serves symmetric grids (every zero 2^(M-1)); this weight has its own zeros: "
+                         "use layout='fixed'")
+    s16 = scales.to(torch.float16)
+    if not torch.equal(s16.to(scales.dtype), scales) or not bool(torch.isfinite(s16).all()):
+        raise ValueError(f"layout='lop3' keeps fp16 scales and these {scales.dtype} scales do not convert exactly "
+                         "(out of fp16's normal range); use layout='fixed'")
+    q = slice_codes(codes.to(torch.int32), master_bits, bits, slicing)
+    return PackedWeight(pack_lop3(q, bits), pad_scales(s16.t()), None, (bits,), "lop3", master_bits, slicing,
+                        group_size, n, k, bits)
+
+
 def unpack_codes(pw: PackedWeight, bits: int) -> torch.Tensor:
     """The b-bit codes k of a packed weight, int32 [N, K] (what a kernel computes)."""
     plan = pw.read_plan(bits)
+    if pw.layout == "lop3":
+        return unpack_lop3(pw.qweight, pw.n, pw.k, bits)
     if pw.layout == "fixed":
         return unpack_parts(pw.qweight, pw.parts, pw.n, pw.k)
     nparts = len(plan.widths) + int(plan.round_part)
@@ -289,7 +327,7 @@ def dequantize_packed(pw: PackedWeight, bits: int, dtype: torch.dtype = torch.fl
     """Plain-torch dequantization [N, K] (storage column order) at ``bits``."""
     plan = pw.read_plan(bits)
     k = unpack_codes(pw, bits).to(torch.float64 if dtype == torch.float64 else torch.float32)
-    s = pw.scales.t().to(k.dtype)
+    s = (pw.scales[:, :pw.n] if pw.layout == "lop3" else pw.scales).t().to(k.dtype)
     z = (torch.full_like(s, plan.zconst) if pw.zeros is None else pw.zeros.t().to(k.dtype))
     zb = sliced_zero(z, pw.master_bits, bits, pw.slicing)
     if pw.group_size is not None and s.shape[1] > 1:

@@ -5,6 +5,9 @@ Two layouts (:mod:`matgptq.kernels.pack`):
 - ``"resident"`` (default): one packed copy of the master codes; ``bits`` switches precision in
   place, without copying or repacking (a b-bit read touches b bits, b+1 under ``round``).
 - ``"fixed"``: only the b-bit slice, b bits per weight; serves that one width.
+- ``"lop3"``: only the 2- or 4-bit slice of a symmetric grid with groups of 128, in the order
+  its batch 1-16 GPU kernel decodes with one instruction per fp16 pair (larger batches:
+  dequantize + cuBLAS). The fastest decode at those widths; it cannot switch precision.
 
 On CUDA with Triton the forward pass runs the fused kernels (:func:`quant_matmul`). Elsewhere
 (CPU, no Triton) it dequantizes once per precision with plain torch and caches the weight, so
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.dispatch import kernel_supported, quant_matmul, triton_available
-from ..kernels.pack import LAYOUTS, PackedWeight, dequantize_packed, pack, unpack_codes
+from ..kernels.pack import LAYOUTS, SINGLE_WIDTH, PackedWeight, dequantize_packed, pack, unpack_codes
 from ..quant import QuantConfig, QuantizedWeight
 
 # "auto": Triton kernels for CUDA inputs; "triton": always (the tests run them under the
@@ -45,7 +48,7 @@ class QuantLinear(nn.Module):
         self.dtype = dtype
         m = self.master_bits
         bits = m if bits is None else int(bits)
-        self._check(bits, allow_any=layout == "fixed")
+        self._check(bits, allow_any=layout in SINGLE_WIDTH)
         pw = pack(qw.codes, qw.scales, qw.zeros, master_bits=m, slicing=cfg.slicing, group_size=cfg.group_size,
                   layout=layout, bits=bits)
         self._meta = dict(parts=pw.parts, layout=layout, master_bits=m, slicing=cfg.slicing,
@@ -84,9 +87,9 @@ class QuantLinear(nn.Module):
                 f"bits={bits} cannot be served from {self.master_bits}-bit master codes; "
                 f"choose 1..{self.master_bits}"
             )
-        if self.layout == "fixed" and not allow_any and bits != self._meta["fixed_bits"]:
+        if self.layout in SINGLE_WIDTH and not allow_any and bits != self._meta["fixed_bits"]:
             raise ValueError(
-                f"this layer holds only the {self._meta['fixed_bits']}-bit slice (layout='fixed'); "
+                f"this layer holds only the {self._meta['fixed_bits']}-bit slice (layout={self.layout!r}); "
                 f"build it with bits={bits} or use layout='resident' to switch in place"
             )
 
@@ -112,7 +115,7 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         """The master codes back as a :class:`QuantizedWeight` (resident layout only)."""
         if self.layout != "resident":
-            raise ValueError("a fixed-width layer holds only one slice, not the master codes")
+            raise ValueError(f"a {self.layout!r} layer holds only one slice, not the master codes")
         codes = unpack_codes(self.packed, self.master_bits).to(torch.uint8)
         zeros = (torch.full_like(self.scales_t, 1 << (self.master_bits - 1), dtype=torch.uint8).t().contiguous()
                  if self.zeros_t is None else self.zeros_t.t().contiguous())

@@ -1,0 +1,117 @@
+"""PTX text for the ``lop3`` layout's kernel (:mod:`.lop3_kernel`): the decode-and-mma of two
+steps, the offset mma, a group's end, and the lane-private copy ring. Plain strings built from
+constants, so they are checked on any machine; Triton makes them ``constexpr`` functions.
+
+Lane 4g + c of an ``mma.m16n8k16`` holds A rows g, g + 8 and B column g (a batch row); the
+layout (:mod:`.lop3_pack`) puts rows 2g, 2g + 1 of the row tile at mma rows g, g + 8.
+"""
+
+from __future__ import annotations
+
+from .lop3_pack import P2, SH2, SH4
+
+try:
+    import triton
+
+    constexpr_function = triton.constexpr_function
+except (ImportError, AttributeError):  # pragma: no cover - machines without triton
+    def constexpr_function(fn):
+        return fn
+
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+FP16_ONE = 0x3C00
+
+
+@constexpr_function
+def code_asm(bits, j0, first):
+    """Steps j0, j0+1: $0-3 the result, $4-7 the lane's four words, $8-11 the activations of the
+    two steps (b0, b1 of j0, then of j0+1), $12-15 the accumulator (first: zero)."""
+    bits, j0 = int(bits), int(j0)
+    lines = ["{", ".reg .b32 s<4>, a<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
+    for jj in range(2):
+        j = j0 + jj
+        sh, p = (SH2[j], P2[j]) if bits == 2 else (SH4[j % 4], 4)
+        mask = (((1 << bits) - 1) << p) * 0x10001
+        magic = ((25 - p) << 10) * 0x10001  # the fp16 exponent of 2^(10-p): the pair (2^(10-p) + k, ..)
+        for r in range(4):
+            src = f"${4 + r}"
+            if sh:
+                lines.append(f"{'shl.b32' if sh > 0 else 'shr.u32'} s{r}, {src}, {abs(sh)};")
+                src = f"s{r}"
+            lines.append(f"lop3.b32 a{4 * jj + r}, {src}, {mask}, {magic}, 0xEA;")  # (src & mask) | magic
+    acc = "{z, z, z, z}" if first else "{$12, $13, $14, $15}"
+    lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$8, $9}}, {acc};")
+    lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$10, $11}}, {{e0, e1, e2, e3}};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@constexpr_function
+def off_asm(first):
+    """Two steps of the offset mma: $4-7 / $8-11 the A quads {1, off, 1, off} of the two steps,
+    $12-15 the activations, $16-19 the accumulator. Its rows 0-7 give sum x, rows 8-15 the
+    offset-weighted sum."""
+    acc = "{z, z, z, z}" if first else "{$16, $17, $18, $19}"
+    return "\n".join(["{", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;",
+                      f"{MMA} {{e0, e1, e2, e3}}, {{$4, $5, $6, $7}}, {{$12, $13}}, {acc};",
+                      f"{MMA} {{$0, $1, $2, $3}}, {{$8, $9, $10, $11}}, {{$14, $15}}, {{e0, e1, e2, e3}};",
+                      "}"])
+
+
+@constexpr_function
+def end_asm(zc, one_row):
+    """A group's end, acc += s * (d - offsum - z * sum_x): $4-7 the code sums d, $8-11 the offset
+    mma's (sum x of batch 2c, 2c+1, then the offset sums), $12-13 the scales of rows 2g, 2g+1
+    (an fp16 pair, twice), $14-17 acc; zc the one zero of the slice (a float). $0-3 the new acc.
+    ``one_row``: batch 1, the odd elements (batch row 1) are left as they are."""
+    st = __import__("struct")  # (Triton's dependency scan rejects a module-level struct here)
+    bits = st.unpack("I", st.pack("f", float(zc)))[0]
+    lines = ["{", ".reg .f32 s0, s1, z0, t<4>;", ".reg .b16 h0, h1;", "mov.b32 {h0, h1}, $12;",
+             "cvt.f32.f16 s0, h0;", "cvt.f32.f16 s1, h1;", f"mov.b32 z0, 0f{bits:08X};"]
+    for e in range(4):
+        if one_row and e % 2:
+            lines.append(f"mov.f32 ${e}, ${14 + e};")
+            continue
+        ss, b = ("s0" if e < 2 else "s1"), e % 2
+        lines.append(f"fma.rn.f32 t{e}, z0, ${8 + b}, ${10 + b};")
+        lines.append(f"sub.f32 t{e}, ${4 + e}, t{e};")
+        lines.append(f"fma.rn.f32 ${e}, {ss}, t{e}, ${14 + e};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def offset_quads() -> list[int]:
+    """The offset mma's A registers {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..} as int32 fp16 pairs."""
+    vals = []
+    for off in (0x5400, 0x4C00, 0x4400):  # 64, 16, 4 in fp16
+        vals += [FP16_ONE * 0x10001, off * 0x10001, FP16_ONE * 0x10001, off * 0x10001]
+    return [v - (1 << 32) if v >= 1 << 31 else v for v in vals]
+
+
+@constexpr_function
+def ring_regions(bits, stages, nthreads, xbytes):
+    """Byte offsets in the kernel's one shared allocation: the code ring [stage][chunk][thread]
+    16 bytes at 0, the scale ring [stage][thread] 4 bytes, the activation block (xbytes); and the
+    allocation's size in int32 words (a power of two, as Gluon's allocations must be)."""
+    bits, stages, nthreads, xbytes = int(bits), int(stages), int(nthreads), int(xbytes)
+    soff = stages * (bits // 2) * nthreads * 16
+    xoff = soff + stages * nthreads * 4
+    return soff, xoff, 1 << max(0, (xoff + xbytes - 1) // 4).bit_length()
+
+
+@constexpr_function
+def issue_asm(bits, stages, nthreads, slot):
+    """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the scale
+    address (int64, element 0 of each lane's four), $12 whether the group is real (else no code is
+    copied and the scale slot is zero-filled, so it adds s * 0 = 0; the group is still committed so
+    that the wait counts stay exact), $16 / $17 the thread's ring bases (16 / 4 bytes a thread).
+    A lane's code chunks are 512 bytes apart (word sets u = 0, 1 of the layout). $0-3 a dummy."""
+    bits, stages, nthreads, slot = int(bits), int(stages), int(nthreads), int(slot)
+    ch = bits // 2
+    soff, _, _ = ring_regions(bits, stages, nthreads, 0)
+    t = ["{", ".reg .u32 sz;", ".reg .pred v;", "setp.ne.s32 v, $12, 0;", "selp.u32 sz, 4, 0, v;"]
+    for j in range(ch):
+        t.append(f"@v cp.async.cg.shared.global [$16+{(slot * ch + j) * nthreads * 16}], [$4+{512 * j}], 16;")
+    t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
+    t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
+    return "\n".join(t)

@@ -1,0 +1,332 @@
+"""The ``lop3`` layout's batch 1-8 kernel (Gluon, CUDA only): y = x · Ŵᵀ for fp16 x.
+
+Each warp decodes one row tile (16 rows); a program has NW of them and a range of GPS groups of
+the K axis (split-K: partial sums in a workspace, the last program of a tile adds them up in
+order). Every thread copies its own 16-byte pieces of group G's codes and its 4-byte scale pair
+with inline-PTX ``cp.async`` into slot G % STAGES of a private ring in shared memory, STAGES - 1
+groups ahead, waits on its own copy groups and reads back only what it copied, so no barrier is
+needed in the loop. The program's activations are copied into shared memory once, at the start
+(one barrier). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
+on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32.
+
+Symmetric grids only (one zero for the whole slice, a compile-time constant).
+Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from . import lop3_asm as A
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:  # pragma: no cover - Triton without Gluon (< 3.5) or no Triton
+    gluon = None
+
+
+def gluon_available() -> bool:
+    return gluon is not None
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def code2(w, xq, d, BITS: gl.constexpr, J0: gl.constexpr, FIRST: gl.constexpr):
+        if FIRST:
+            d = gl.inline_asm_elementwise(A.code_asm(BITS, J0, True), "=f,=f,=f,=f" + ",r" * 8, [w, xq],
+                                          dtype=gl.float32, is_pure=True, pack=4)
+        else:
+            d = gl.inline_asm_elementwise(A.code_asm(BITS, J0, False), "=f,=f,=f,=f" + ",r" * 8 + ",f,f,f,f",
+                                          [w, xq, d], dtype=gl.float32, is_pure=True, pack=4)
+        return d
+
+    @gluon.jit
+    def off2(qa, qb, xq, p, FIRST: gl.constexpr):
+        if FIRST:
+            p = gl.inline_asm_elementwise(A.off_asm(True), "=f,=f,=f,=f" + ",r" * 12, [qa, qb, xq],
+                                          dtype=gl.float32, is_pure=True, pack=4)
+        else:
+            p = gl.inline_asm_elementwise(A.off_asm(False), "=f,=f,=f,=f" + ",r" * 12 + ",f,f,f,f",
+                                          [qa, qb, xq, p], dtype=gl.float32, is_pure=True, pack=4)
+        return p
+
+    @gluon.jit
+    def quad(j: gl.constexpr, BITS: gl.constexpr, q64, q16, q4):
+        """The offset quad of step j (lop3_pack.P2: offsets 64, 16, 4 at p = 4, 6, 8)."""
+        if BITS == 4:
+            r = q64
+        elif j == 4 or j == 7:
+            r = q4
+        elif j == 1 or j == 3 or j == 6:
+            r = q16
+        else:
+            r = q64
+        return r
+
+    @gluon.jit
+    def group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
+                   ONE_ROW: gl.constexpr):
+        """One 128-column group: the offset mma, the code mmas and the group's end."""
+        p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, acc, True)
+        p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
+        p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
+        p = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
+        d = code2(w0, x0, acc, BITS, 0, True)
+        d = code2(w0, x1, d, BITS, 2, False)
+        d = code2(w1, x2, d, BITS, 4, False)
+        d = code2(w1, x3, d, BITS, 6, False)
+        return gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                         [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+
+    @gluon.jit
+    def lanes(pid_n, NW: gl.constexpr, LY: gl.constexpr):
+        """The [NW, 128] lane indices of a program's NW row tiles: lane group g, lane c, register e,
+        the tiles, and the scale offsets (rows 16 tile + 2g ..)."""
+        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
+        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
+        g = E // 16
+        c = E // 4 % 4
+        e = E % 4
+        ta = pid_n * NW + T
+        return g, c, e, ta, ta * 16 + 2 * g + e
+
+    @gluon.jit
+    def quads(AQ, e, ta):
+        """The offset mma's A quads {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..} (lop3_asm.offset_quads)."""
+        return gl.load(AQ + e + ta * 0), gl.load(AQ + 4 + e + ta * 0), gl.load(AQ + 8 + e + ta * 0)
+
+    @gluon.jit
+    def finish(acc, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
+               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr):
+        """Without split-K: times TWO_D (+ bias), stored as fp16. With it: the partial to the
+        workspace, a counter per program, the last program sums the partials in order and stores."""
+        mask = (ocol < M) & (orow < N)
+        if SPLIT_K == 1:
+            tot = acc
+            if TWO_D != 1.0:
+                tot = tot * TWO_D
+            if HAS_BIAS:
+                tot += gl.load(BIAS + orow, mask=mask, other=0.0).to(gl.float32)
+            gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+        else:
+            ws = WS + ocol * N + orow
+            gl.store(ws + pid_k * M * N, acc, mask=mask)
+            gl.thread_barrier()
+            old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT_K - 1:
+                tot = gl.zeros_like(acc)
+                for k in range(SPLIT_K):
+                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                if TWO_D != 1.0:
+                    tot = tot * TWO_D
+                if HAS_BIAS:
+                    tot += gl.load(BIAS + orow, mask=mask, other=0.0).to(gl.float32)
+                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+                gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+
+    @gluon.jit
+    def ring_bases(like):
+        """This thread's ring bases in the shared window, 16 and 4 bytes a thread, as elements 0, 1
+        (and again 2, 3) of its pack of four: an asm that takes the pack sees them as $k, $k+1."""
+        return gl.inline_asm_elementwise("{ .reg .u32 b, t; mov.u32 b, global_smem; mov.u32 t, %tid.x; "
+                                         "mad.lo.u32 $0, t, 16, b; mad.lo.u32 $1, t, 4, b; "
+                                         "mov.u32 $2, $0; mov.u32 $3, $1; }", "=r,=r,=r,=r,r,r,r,r", [like],
+                                         dtype=gl.int32, is_pure=True, pack=4)
+
+    @gluon.jit
+    def wait_copies(n: gl.constexpr, like):
+        """cp.async.wait_group n: this thread's copy groups but the n newest have landed."""
+        return gl.inline_asm_elementwise(f"cp.async.wait_group {n}; mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; "
+                                         "mov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r", [like],
+                                         dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
+    def read16(base, off: gl.constexpr):
+        """This thread's 16 bytes at its 16-byte ring base + off (base: ring_bases' pack plus a
+        wait token)."""
+        return gl.inline_asm_elementwise(f"ld.shared.v4.u32 {{$0, $1, $2, $3}}, [$4+{off}];", "=r,=r,=r,=r,r,r,r,r",
+                                         [base], dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
+    def read_scales(base, off: gl.constexpr):
+        """This thread's two scales (rows 2g, 2g+1) at its 4-byte ring base + off: four fp16 as two
+        pairs, the second a copy of the first."""
+        return gl.inline_asm_elementwise(f"{{ .reg .u32 r; ld.shared.b32 r, [$3+{off}]; mov.b32 $0, r; "
+                                         "mov.b32 $1, r; }", "=r,=r,r,r,r,r", [base], dtype=gl.float16,
+                                         is_pure=False, pack=4)
+
+    @gluon.jit
+    def smem_base(like):
+        """The shared window's address (every element)."""
+        return gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r,r", [like], dtype=gl.int32, is_pure=True,
+                                         pack=1)
+
+    @gluon.jit
+    def issue(Q, S, qo, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
+              NT: gl.constexpr, SLOT: gl.constexpr):
+        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT."""
+        Gc = gl.minimum(G, g1 - 1)
+        return gl.inline_asm_elementwise(A.issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
+                                         [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
+                                          (so * 0 + G < g1).to(gl.int32), bases], dtype=gl.int32, is_pure=False,
+                                         pack=4)
+
+    @gluon.jit
+    def x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
+                NT: gl.constexpr, L1: gl.constexpr):
+        """cp.async the program's activations, [group][batch row][128] fp16 (XR rows, GMAX groups),
+        into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; the rows past
+        M and the groups past g1 zero-filled; one commit."""
+        t = gl.arange(0, NT, layout=L1)
+        base = smem_base(t) + XOFF
+        for k in gl.static_range((GMAX * XR * 16 + NT - 1) // NT):
+            p = t + k * NT
+            gg = p // (XR * 16)
+            r = p // 16 % XR
+            ok = (p < GMAX * XR * 16) & (r < M)
+            real = g0 + gg < g1
+            src = (X + r * (stride_xm // 2) + gl.minimum(g0 + gg, g1 - 1) * 64 + p % 16 * 4).to(gl.int64)
+            gl.inline_asm_elementwise("{ .reg .pred v; .reg .u32 sz; setp.ne.s32 v, $3, 0; "
+                                      "{ .reg .pred q; setp.ne.s32 q, $4, 0; selp.u32 sz, 16, 0, q; } "
+                                      "@v cp.async.cg.shared.global [$2], [$1], 16, sz; mov.u32 $0, 0; }", "=r,l,r,r,r",
+                                      [src, base + p * 16, ok.to(gl.int32), real.to(gl.int32)],
+                                      dtype=gl.int32, is_pure=False, pack=1)
+        return gl.inline_asm_elementwise("cp.async.commit_group; mov.u32 $0, 0;", "=r,r", [t], dtype=gl.int32,
+                                         is_pure=False, pack=1)
+
+    @gluon.jit
+    def _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK: gl.constexpr, BITS: gl.constexpr,
+              ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr, CH: gl.constexpr,
+              XR: gl.constexpr, SOFF: gl.constexpr, i: gl.constexpr):
+        """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
+        group G + STAGES - 1, decode."""
+        base = bases + wait_copies(STAGES - 2, bases)
+        w0 = read16(base, i * CH * NT * 16)
+        w1 = w0
+        if BITS == 4:
+            w1 = read16(base, (i * CH + 1) * NT * 16)
+        x0 = read16(xg, i * XR * 256)
+        x1 = read16(xg, i * XR * 256 + 16)
+        x2 = read16(xg, i * XR * 256 + 32)
+        x3 = read16(xg, i * XR * 256 + 48)
+        s = read_scales(base, SOFF + i * NT * 4)
+        issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
+        return group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+
+    @gluon.jit
+    def lop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
+                    NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
+                    STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
+                    XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr):
+        """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
+        weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
+        the thread's base plus a constant."""
+        LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+        L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+        NT: gl.constexpr = 32 * NW
+        CH: gl.constexpr = BITS // 2
+        BLK: gl.constexpr = 64 * BITS
+        # the window the asm addresses: one allocation (check_window: at offset 0), kept alive by a
+        # store at the start and one at the end (nothing reads them)
+        res = gl.allocate_shared_memory(gl.int32, [WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        z1 = gl.zeros([NT], gl.int32, L1)
+        res.slice(0, NT).store(z1)
+        gl.thread_barrier()  # that store lands before any thread's copies
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        g, c, e, ta, so = lanes(pid_n, NW, LY)
+        q64, q16, q4 = quads(AQ, e, ta)
+        qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # word set u of a lane at + 128 u
+        bases = ring_bases(e)
+        g0 = pid_k * GPS
+        g1 = gl.minimum(g0 + GPS, NG)
+        x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1)
+        for i in gl.static_range(STAGES - 1):
+            issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+        wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
+        gl.thread_barrier()  # and for every thread
+        xl = smem_base(e) + XOFF + gl.minimum(g, M - 1) * 256 + c * 64
+        acc = gl.zeros([NW, 128], gl.float32, LY)
+        for G0 in range(g0, g1, STAGES):
+            xg = xl + (G0 - g0) * (XR * 256)
+            for i in gl.static_range(STAGES):
+                G = G0 + i
+                if G < g1:
+                    acc = _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK, BITS, ZCK, ONE_ROW,
+                                STAGES, NT, CH, XR, SOFF, i)
+        wait_copies(0, e)
+        gl.thread_barrier()
+        res.slice(0, NT).store(z1)
+        orow = 16 * ta + 2 * g + e // 2
+        ocol = 2 * c + e % 2
+        finish(acc, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D)
+
+
+MAX_M = 8  # batch rows per launch: the eight columns of one m16n8k16
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int) -> dict:
+    """The kernel's layout constants: GMAX >= GPS groups and XR >= M rows of activations in shared
+    memory after the rings."""
+    gmax, xr = _pow2(gps), _pow2(m)
+    soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * 256)
+    return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words)
+
+
+def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int) -> int:
+    return 4 * launch_consts(bits, warps, stages, gps, m)["WORDS"]
+
+
+_checked: set = set()
+
+
+def check_window(k) -> None:
+    """The asm addresses the window from offset 0: the one allocation must sit there (its first use
+    in the LLVM IR, the store at the kernel's start, takes @global_smem with no offset)."""
+    if k is None or id(k) in _checked:
+        return
+    first = re.search(r"getelementptr[^\n]*@global_smem(, i32 \d+)?", k.asm["llir"])
+    if first is None or first.group(1):
+        raise RuntimeError(f"lop3_kernel: the ring allocation is not at shared offset 0 ({first and first.group(0)})")
+    _checked.add(id(k))
+
+
+_quad_tables: dict = {}
+
+
+def _quads_on(device: torch.device) -> torch.Tensor:
+    key = (device.type, device.index)
+    t = _quad_tables.get(key)
+    if t is None:
+        t = _quad_tables[key] = torch.tensor(A.offset_quads(), dtype=torch.int32, device=device)
+    return t
+
+
+def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
+                two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
+                cnt: torch.Tensor, warps: int, stages: int, split_k: int) -> torch.Tensor:
+    """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 8 fp16 rows (``scales``:
+    lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
+    N / (16 · warps) zeroed counters (the kernel leaves them zero)."""
+    if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
+        raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows, not {x2.dtype} x {tuple(x2.shape)}")
+    m = x2.shape[0]
+    ng = k // 128
+    gps = -(-ng // split_k)
+    split = -(-ng // gps)
+    cst = launch_consts(bits, warps, stages, gps, m)
+    grid = (n // (16 * warps), split)
+    h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device), out, out.stride(0),
+                          bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
+                          ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
+                          num_warps=warps, **cst)
+    check_window(h)
+    return out

@@ -1,0 +1,212 @@
+"""The lop3 layout: packing against a slow per-element reference, the decode PTX against its
+definition (a small interpreter of the instructions it uses), the dequantize kernel under
+TRITON_INTERPRET=1 and QuantLinear against float64. The Gluon matmul kernel runs only on a GPU
+(test_lop3_kernel_on_gpu, and benchmarks/lop3.py's checks)."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from matgptq.kernels import lop3_asm
+from matgptq.kernels.lop3_pack import P2, SH2, SH4, pack_lop3, step_offsets, unpack_lop3
+from matgptq.kernels.pack import dequantize_packed, pack
+from matgptq.quant.grid import dequantize
+
+
+def _codes(n, k, bits, seed=0):
+    return torch.randint(0, 1 << bits, (n, k), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def _word_of(row, col, k, bits):
+    """Where the layout keeps code (row, col), straight from its definition (lop3_pack's doc):
+    the word's index and the bit of its field."""
+    nf = 16 // bits
+    t, rr = divmod(row, 16)
+    g, r0 = divmod(rr, 2)
+    G, cc = divmod(col, 128)
+    c, w32 = divmod(cc, 32)
+    step, rest = divmod(w32, 4)
+    r1, h = divmod(rest, 2)
+    u, f = divmod(step, nf)
+    block = (t * (k // 128) + G) * 64 * bits
+    return block + 128 * u + 4 * (4 * g + c) + 2 * r1 + r0, 16 * h + bits * f
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_pack_puts_every_code_where_the_layout_says(bits):
+    n, k = 32, 256
+    codes = _codes(n, k, bits, seed=bits)
+    words = pack_lop3(codes, bits).to(torch.int64) & 0xFFFFFFFF
+    assert words.numel() == n * k * bits // 32
+    seen = torch.zeros(words.numel(), 32, dtype=torch.bool)
+    for row in range(n):
+        for col in range(k):
+            i, bit = _word_of(row, col, k, bits)
+            assert (int(words[i]) >> bit) & ((1 << bits) - 1) == int(codes[row, col]), (row, col)
+            assert not seen[i, bit:bit + bits].any()
+            seen[i, bit:bit + bits] = True
+    assert seen.all()  # every bit of every word holds exactly one code
+    assert torch.equal(unpack_lop3(pack_lop3(codes, bits), n, k, bits), codes.to(torch.int32))
+
+
+def _run_ptx(text, regs):
+    """The decode's instructions (shl / shr / lop3 0xEA = (a & b) | c) on 32-bit ints."""
+    val = dict(regs)
+    get = lambda a: val[a] if a in val else int(a, 0)  # noqa: E731
+    for line in text.splitlines():
+        m = re.match(r"(shl\.b32|shr\.u32|lop3\.b32) (\w+), ([$\w]+), (\w+)(?:, (\w+), (0x\w+))?;", line.strip())
+        if not m:
+            continue
+        op, dst, a, b, c, lut = m.groups()
+        if op == "shl.b32":
+            val[dst] = (get(a) << int(b)) & 0xFFFFFFFF
+        elif op == "shr.u32":
+            val[dst] = get(a) >> int(b)
+        else:
+            assert lut == "0xEA"
+            val[dst] = (get(a) & get(b)) | get(c)
+    return val
+
+
+def _fp16_pair(w):
+    return [torch.tensor([v], dtype=torch.int16).view(torch.float16).item()
+            for v in ((w & 0xFFFF) - (1 << 16 if w & 0x8000 else 0), (w >> 16) - (1 << 16 if w >> 31 else 0))]
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_decode_ptx_makes_offset_plus_code_in_every_fragment_slot(bits):
+    """For every step j and lane, the A registers the PTX builds are the fp16 values
+    2^(10-p_j) + code of the fragment's (row, column): rows g, g+8 <-> tile rows 2g, 2g+1; the
+    columns of step j's register pair r1 at 32c + 4j + 2r1 + h."""
+    k = 128
+    codes = _codes(16, k, bits, seed=7)
+    words = pack_lop3(codes, bits).to(torch.int64) & 0xFFFFFFFF
+    offs = step_offsets(bits)
+    assert len(P2) == len(SH2) == 8 and len(SH4) == 4
+    for j0 in (0, 2, 4, 6):
+        text = lop3_asm.code_asm(bits, j0, True)
+        for lane in (0, 5, 18, 31):
+            g, c = divmod(lane, 4)
+            for jj in range(2):
+                j = j0 + jj
+                u = j // (16 // bits)
+                regs = {f"${4 + r}": int(words[128 * u + 4 * lane + r]) for r in range(4)}
+                val = _run_ptx(text, regs)
+                for r in range(4):  # a-register r: row 2g + r0, columns + 2 r1 (r = 2 r1 + r0)
+                    r1, r0 = divmod(r, 2)
+                    lo, hi = _fp16_pair(val[f"a{4 * jj + r}"])
+                    col = 32 * c + 4 * j + 2 * r1
+                    assert lo == offs[j] + int(codes[2 * g + r0, col]), (j, lane, r)
+                    assert hi == offs[j] + int(codes[2 * g + r0, col + 1]), (j, lane, r)
+
+
+def test_offset_quads_hold_one_and_the_step_offsets():
+    q = lop3_asm.offset_quads()
+    pairs = [_fp16_pair(v & 0xFFFFFFFF) for v in q]
+    assert [p[0] for p in pairs] == [1.0, 64.0, 1.0, 64.0, 1.0, 16.0, 1.0, 16.0, 1.0, 4.0, 1.0, 4.0]
+    assert set(step_offsets(2)) == {64.0, 16.0, 4.0} and set(step_offsets(4)) == {64.0}
+
+
+def test_end_asm_embeds_the_zero_exactly():
+    text = lop3_asm.end_asm(7.53125, True)
+    assert "0f40F10000" in text  # 7.53125 as fp32 bits
+    assert text.count("fma.rn.f32") == 4 and "mov.f32 $1, $15;" in text  # batch 1: odd elements kept
+
+
+def _lop3_case(n, k, bits, rule, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 256, (n, k), generator=g, dtype=torch.uint8)
+    s = (torch.rand(n, k // 128, generator=g) * 0.02 + 1e-3).half()
+    z = torch.full((n, k // 128), 128, dtype=torch.uint8)
+    pw = pack(q, s, z, master_bits=8, slicing=rule, group_size=128, layout="lop3", bits=bits)
+    return pw, dequantize(q, s, z, 8, bits, rule, 128, torch.float64)
+
+
+@pytest.mark.parametrize("rule", ["round", "nested"])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_dequantize_matches_float64(rule, bits):
+    pytest.importorskip("triton")
+    from matgptq.kernels.dispatch import dequantize_triton
+
+    pw, ref = _lop3_case(48, 256, bits, rule, seed=bits)
+    assert torch.equal(dequantize_packed(pw, bits, torch.float64), ref)
+    out = torch.full((48, 256), float("nan"), dtype=torch.float16)
+    dequantize_triton(pw, bits, torch.float16, out)  # 48 rows: one program of 64, masked
+    assert torch.isfinite(out).all(), "an element was left unwritten"
+    assert torch.equal(out, ref.half())
+
+
+@pytest.mark.parametrize("m", [1, 3, 9, 33])
+def test_quant_matmul_on_the_lop3_layout(m):
+    """Under the interpreter the lop3 layout is served by its dequantize kernel + matmul, with bias."""
+    pytest.importorskip("triton")
+    from matgptq.kernels.dispatch import quant_matmul
+
+    pw, w = _lop3_case(32, 384, 4, "nested", seed=m)
+    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)).half()
+    bias = torch.randn(32).half()
+    out = quant_matmul(x, pw, 4, bias, backend="triton")
+    ref = x.double() @ w.t() + bias.double()
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3
+
+
+def test_quant_linear_lop3_matches_fixed_and_keeps_its_width():
+    from matgptq.modules import QuantLinear
+    from matgptq.quant import HessianAccumulator, QuantConfig, quantize_layer
+
+    g = torch.Generator().manual_seed(3)
+    acc = HessianAccumulator(256)
+    acc.add(torch.randn(512, 256, generator=g))
+    qw = quantize_layer(torch.randn(48, 256, generator=g) * 0.05, acc,
+                        QuantConfig(method="matgptq", bits=(8, 4, 2), group_size=128))
+    x = torch.randn(5, 256, generator=g)
+    for b in (2, 4):
+        ql = QuantLinear.from_quantized(qw, bits=b, layout="lop3", dtype=torch.float32)
+        ref = F.linear(x.double(), qw.dequantize(b).double())
+        assert torch.allclose(ql(x).double(), ref, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ql.dequantized_weight(), QuantLinear.from_quantized(qw, bits=b, layout="fixed",
+                                                                             dtype=torch.float32).dequantized_weight())
+        with pytest.raises(ValueError, match="layout='resident'"):
+            ql.set_bits(6 - b)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(bits=3), "pass bits=2 or bits=4"),
+    (dict(bits=4, group_size=64), "groups of 128"),
+    (dict(bits=4, asym=True), "symmetric"),
+    (dict(bits=4, n=40), "multiple of 16"),
+])
+def test_lop3_refuses_what_it_cannot_hold(kwargs, match):
+    n, k, gs = kwargs.get("n", 32), 256, kwargs.get("group_size", 128)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 256, (n, k), generator=g, dtype=torch.uint8)
+    s = torch.rand(n, k // gs, generator=g).half() + 0.01
+    z = (torch.randint(0, 256, (n, k // gs), generator=g) if kwargs.get("asym")
+         else torch.full((n, k // gs), 128)).to(torch.uint8)
+    with pytest.raises(ValueError, match=match) as e:
+        pack(q, s, z, master_bits=8, slicing="round", group_size=gs, layout="lop3", bits=kwargs["bits"])
+    assert "layout='fixed'" in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel needs a GPU")
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 8, 9, 16])
+def test_lop3_kernel_on_gpu(m):
+    from matgptq.kernels.configs import KernelConfig
+    from matgptq.kernels.dispatch import run_config
+
+    pw, w = _lop3_case(512, 2048, 4, "nested", seed=m)
+    pw = pw.with_buffers(pw.qweight.cuda(), pw.scales.cuda(), None)
+    x = torch.randn(m, 2048, device="cuda").half()
+    for cfg in (KernelConfig("lop3", split_k=1, num_warps=4, num_stages=4),
+                KernelConfig("lop3", split_k=4, num_warps=2, num_stages=2)):
+        out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
+        run_config(cfg, x, pw, 4, out, None)
+        ref = x.double().cpu() @ w.t()
+        assert torch.isfinite(out).all()
+        assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
