@@ -1,0 +1,164 @@
+"""The lop3 layout on the GPU: correctness checks, then timings against the fixed layout's tuned
+kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and batches.
+
+    python benchmarks/lop3.py --out benchmarks/results --tag h200          # GPU: checks, then time
+    python benchmarks/lop3.py --checks-only                               # GPU: the checks alone
+
+Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
+without bias, batches 1, 2, 3, 5, 7, 8, 9, 16 and 33 (33: dequantize + cuBLAS), the tuner's
+candidates and five more launch shapes (1-4 warps, 2-8 stages, splits 1-16, one that leaves a
+short last range) at batches 3 and 9. Timings: every lop3 launch the tuner would try (each point's
+best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format), against the library's
+fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
+CUDA graph as ``kernels.py`` does. ``pct_copy``: bytes (codes, scales, activations, output) per
+second against the copy bandwidth measured in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import kernels as kb  # noqa: E402  (graph timing, copy bandwidth, packing helpers)
+
+from matgptq.kernels import configs  # noqa: E402
+from matgptq.kernels.configs import KernelConfig  # noqa: E402
+from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, dequantize_triton, fmt_key,  # noqa: E402
+                                      run_config)
+from matgptq.quant.grid import dequantize  # noqa: E402
+
+
+def check(n=512, k=2048):
+    """Worst relative error over the checks (inf when one fails or leaves an element unwritten)."""
+    worst, fails = 0.0, []
+    sms = _sms(torch.device("cuda"))
+    for bits in (2, 4):
+        for rule in ("round", "nested"):
+            pw, (q, s, z) = kb.make_packed(n, k, bits, "lop3", rule, 128, seed=bits)
+            w = dequantize(q.cpu(), s.cpu(), z.cpu(), 8, bits, rule, 128, torch.float64)
+            for m in (1, 2, 3, 5, 7, 8, 9, 16, 33):
+                x = torch.randn(m, k, device="cuda").half()
+                for bias in (None, torch.randn(n, device="cuda").half()):
+                    cfgs = [choose_config(x, pw, bits, bias)]
+                    if m in (3, 9) and bias is None:  # more launch shapes: warps, stages, splits
+                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits)
+                        cfgs += [KernelConfig("lop3", split_k=sk, num_warps=w, num_stages=st)
+                                 for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))]
+                    for cfg in cfgs:
+                        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+                        run_config(cfg, x, pw, bits, out, bias)
+                        ref = x.double().cpu() @ w.t() + (0 if bias is None else bias.double().cpu())
+                        err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
+                        if not torch.isfinite(out).all() or err > 2e-3:
+                            fails.append((bits, rule, m, bias is not None, cfg.key(), err))
+                            err = float("inf")
+                        worst = max(worst, err)
+    return worst, fails
+
+
+def time_point(n, k, bits, m, bw, fp16_cache):
+    pw0, _ = kb.make_packed(n, k, bits, "lop3", "nested", 128, seed=bits)
+    fx0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
+    lops = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
+    fixs = [fx0] + [kb.clone_packed(fx0) for _ in range(kb.copies_for(fx0.bytes_read(bits)) - 1)]
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
+    sms = _sms(x.device)
+    cands = configs.lop3_candidates(n, k // 128, m, sms, bits) if m <= configs.LOP3_MAX_M else [KernelConfig("cublas")]
+    tried = {}
+    for cfg in cands:
+        tried[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
+                                                for p, o in zip(lops, outs)]), 2)
+    best = min(tried, key=tried.get)
+    fcfg = choose_config(x, fx0, bits)
+    fixed_t = kb.graph_time([lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None) for p, o in zip(fixs, outs)])
+    if (n, k, m) not in fp16_cache:
+        w16 = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(kb.copies_for(2 * n * k))]
+        fp16_cache[(n, k, m)] = statistics.median(kb.graph_time([lambda w=w: F.linear(x, w) for w in w16])
+                                                  for _ in range(3))
+    tdq = None
+    if m >= 32:  # the library's dequantize (fixed layout) + cuBLAS
+        buf = torch.empty(n, k, device="cuda", dtype=torch.float16)
+
+        def deq_mm(p, o):
+            dequantize_triton(p, bits, torch.float16, buf)
+            torch.matmul(x, buf.t(), out=o)
+        tdq = kb.graph_time([lambda p=p, o=o: deq_mm(p, o) for p, o in zip(fixs[:4], outs)])
+    need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
+    t = tried[best]
+    row = dict(shape=f"{n}x{k}", bits=bits, batch=m, us=t, config=best, fixed_us=round(fixed_t, 2),
+               fixed_config=fcfg.key(), speedup_vs_fixed=round(fixed_t / t, 3), fp16_us=round(fp16_cache[(n, k, m)], 2),
+               deq_cublas_us=None if tdq is None else round(tdq, 2), bytes=need,
+               pct_copy=round(100 * need / (t * 1e-6) / bw, 1), tried=tried)
+    key = configs.table_key(_device_name(x.device), n, k, m, fmt_key(pw0, bits, x.dtype))
+    return row, key, KernelConfig.from_key(best)
+
+
+def summarize(rows):
+    big = [r for r in rows if r["shape"] in ("4096x14336", "14336x4096", "8192x8192", "16384x16384")]
+    a1 = [(r["shape"], r["bits"], r["pct_copy"]) for r in big if r["batch"] == 1]
+    print("A1 (batch 1, % of copy bandwidth; 80 at 4 bits, 65 at 2): "
+          + ", ".join(f"{s} b{b} {p}" for s, b, p in a1), flush=True)
+    a2 = [r for r in rows if r["batch"] <= 16]
+    slow = [(r["shape"], r["bits"], r["batch"], r["us"], r["fp16_us"]) for r in a2 if r["us"] > r["fp16_us"]]
+    print(f"A2a (batch <= 16 not slower than fp16): {len(a2) - len(slow)}/{len(a2)}; misses {slow}", flush=True)
+    a2b = [r for r in rows if r["batch"] >= 32 and r["deq_cublas_us"]]
+    far = [(r["shape"], r["bits"], r["batch"], r["us"], r["deq_cublas_us"]) for r in a2b
+           if r["us"] > 1.1 * r["deq_cublas_us"]]
+    print(f"A2b (batch >= 32 within 10 % of dequantize + cuBLAS): {len(a2b) - len(far)}/{len(a2b)}; misses {far}",
+          flush=True)
+    fx = [r["speedup_vs_fixed"] for r in rows if r["batch"] <= 16]
+    if fx:
+        print(f"against the fixed layout, batch <= 16: median {statistics.median(fx):.3f}x "
+              f"({min(fx):.3f}-{max(fx):.3f}x, {len(fx)} points)", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384,4096x4096")
+    ap.add_argument("--bits", default="2,4")
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64")
+    ap.add_argument("--checks-only", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--tag", default="h200")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/lop3.py needs a GPU (the lop3 kernel is CUDA only; the CPU tests are "
+                         "tests/test_lop3.py)")
+    worst, fails = check()
+    print(f"checks: worst relative error {worst:.2e}; failures {fails}", flush=True)
+    if args.checks_only:
+        return
+    bw, _ = kb.copy_bandwidth()
+    rows, tuned, fp16_cache = [], {}, {}
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        for bits in (int(b) for b in args.bits.split(",")):
+            for m in (int(b) for b in args.batches.split(",")):
+                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache)
+                rows.append(row)
+                if cfg.kind == "lop3":
+                    tuned[key] = cfg.__dict__.copy()
+                print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) {row['config']:28s} "
+                      f"fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  fp16 {row['fp16_us']:8.2f}  "
+                      f"deq+cuBLAS {row['deq_cublas_us']}", flush=True)
+    summarize(rows)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"lop3_{args.tag}.json"), "w") as f:
+            json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, check_failures=fails,
+                           rows=rows), f, indent=1)
+        with open(os.path.join(args.out, f"tuned_lop3_{args.tag}.json"), "w") as f:
+            json.dump(tuned, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
