@@ -76,43 +76,13 @@ def _issue_asm(bits, stages, nthreads, slot, tpw=1):
 
 
 if gluon is not None:
-
-    @gluon.jit
-    def _bases(like):
-        """This thread's ring bases in the shared window, 16 and 4 bytes a thread, as elements 0, 1
-        (and again 2, 3) of its pack of four: an asm that takes the pack sees them as $k, $k+1."""
-        return gl.inline_asm_elementwise("{ .reg .u32 b, t; mov.u32 b, global_smem; mov.u32 t, %tid.x; "
-                                         "mad.lo.u32 $0, t, 16, b; mad.lo.u32 $1, t, 4, b; "
-                                         "mov.u32 $2, $0; mov.u32 $3, $1; }", "=r,=r,=r,=r,r,r,r,r", [like],
-                                         dtype=gl.int32, is_pure=True, pack=4)
-
-    @gluon.jit
-    def _wait(n: gl.constexpr, like):
-        """cp.async.wait_group n: this thread's copy groups but the n newest have landed."""
-        return gl.inline_asm_elementwise(f"cp.async.wait_group {n}; mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; "
-                                         "mov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r", [like],
-                                         dtype=gl.int32, is_pure=False, pack=4)
-
-    @gluon.jit
-    def _rd(base, off: gl.constexpr):
-        """This thread's 16 bytes at its 16-byte ring base + off (base: :func:`_bases`' pack plus a
-        wait token)."""
-        return gl.inline_asm_elementwise(f"ld.shared.v4.u32 {{$0, $1, $2, $3}}, [$4+{off}];", "=r,=r,=r,=r,r,r,r,r",
-                                         [base], dtype=gl.int32, is_pure=False, pack=4)
-
-    @gluon.jit
-    def _rd_s(base, off: gl.constexpr):
-        """This thread's two scales (rows 2g, 2g+1) at its 4-byte ring base + off: four fp16 as two
-        pairs, the second a copy of the first."""
-        return gl.inline_asm_elementwise(f"{{ .reg .u32 r; ld.shared.b32 r, [$3+{off}]; mov.b32 $0, r; "
-                                         "mov.b32 $1, r; }", "=r,=r,r,r,r,r", [base], dtype=gl.float16,
-                                         is_pure=False, pack=4)
-
-    @gluon.jit
-    def _smem(like):
-        """The shared window's address (every element)."""
-        return gl.inline_asm_elementwise("mov.u32 $0, global_smem;", "=r,r", [like], dtype=gl.int32, is_pure=True,
-                                         pack=1)
+    # the ring's bases, waits and reads back, and the activation block, as the library's kernel has them
+    from matgptq.kernels.lop3_kernel import read16 as _rd  # noqa: F401
+    from matgptq.kernels.lop3_kernel import read_scales as _rd_s  # noqa: F401
+    from matgptq.kernels.lop3_kernel import ring_bases as _bases  # noqa: F401
+    from matgptq.kernels.lop3_kernel import smem_base as _smem  # noqa: F401
+    from matgptq.kernels.lop3_kernel import wait_copies as _wait  # noqa: F401
+    from matgptq.kernels.lop3_kernel import x_block as _x_block  # noqa: F401
 
     @gluon.jit
     def _issue(Q, S, qo, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
@@ -131,28 +101,6 @@ if gluon is not None:
             r = gl.inline_asm_elementwise(_issue_asm(BITS, STAGES, NT, SLOT, TPW), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
                                           [qa, sa, ok, bases], dtype=gl.int32, is_pure=False, pack=4)
         return r
-
-    @gluon.jit
-    def _x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
-                 NT: gl.constexpr, L1: gl.constexpr):
-        """cp.async the program's activations, [group][batch row][128] fp16 (XR rows, GMAX groups),
-        into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; the groups past
-        g1 zero-filled (a padded group's products are 0); one commit."""
-        t = gl.arange(0, NT, layout=L1)
-        base = _smem(t) + XOFF
-        for k in gl.static_range((GMAX * XR * 16 + NT - 1) // NT):
-            p = t + k * NT
-            gg = p // (XR * 16)
-            r = p // 16 % XR
-            ok = (p < GMAX * XR * 16) & (r < M)
-            real = g0 + gg < g1
-            src = (X + r * (stride_xm // 2) + gl.minimum(g0 + gg, g1 - 1) * 64 + p % 16 * 4).to(gl.int64)
-            gl.inline_asm_elementwise("{ .reg .pred v; .reg .u32 sz; setp.ne.s32 v, $3, 0; " "{ .reg .pred q; setp.ne.s32 q, $4, 0; selp.u32 sz, 16, 0, q; } "
-                                      "@v cp.async.cg.shared.global [$2], [$1], 16, sz; mov.u32 $0, 0; }", "=r,l,r,r,r",
-                                      [src, base + p * 16, ok.to(gl.int32), real.to(gl.int32)],
-                                      dtype=gl.int32, is_pure=False, pack=1)
-        return gl.inline_asm_elementwise("cp.async.commit_group; mov.u32 $0, 0;", "=r,r", [t], dtype=gl.int32,
-                                         is_pure=False, pack=1)
 
     @gluon.jit
     def _math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,

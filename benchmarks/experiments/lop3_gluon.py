@@ -49,53 +49,12 @@ except ImportError:  # pragma: no cover
     gluon = None
 
 if gluon is not None:
-
-    @gluon.jit
-    def _code2(w, xq, d, BITS: gl.constexpr, J0: gl.constexpr, FIRST: gl.constexpr):
-        if FIRST:
-            d = gl.inline_asm_elementwise(L._code_asm(BITS, J0, True), "=f,=f,=f,=f" + ",r" * 8, [w, xq],
-                                          dtype=gl.float32, is_pure=True, pack=4)
-        else:
-            d = gl.inline_asm_elementwise(L._code_asm(BITS, J0, False), "=f,=f,=f,=f" + ",r" * 8 + ",f,f,f,f",
-                                          [w, xq, d], dtype=gl.float32, is_pure=True, pack=4)
-        return d
-
-    @gluon.jit
-    def _off2(qa, qb, xq, p, FIRST: gl.constexpr):
-        if FIRST:
-            p = gl.inline_asm_elementwise(L._off_asm(True), "=f,=f,=f,=f" + ",r" * 12, [qa, qb, xq],
-                                          dtype=gl.float32, is_pure=True, pack=4)
-        else:
-            p = gl.inline_asm_elementwise(L._off_asm(False), "=f,=f,=f,=f" + ",r" * 12 + ",f,f,f,f",
-                                          [qa, qb, xq, p], dtype=gl.float32, is_pure=True, pack=4)
-        return p
-
-    @gluon.jit
-    def _quad(j: gl.constexpr, BITS: gl.constexpr, q64, q16, q4):
-        if BITS == 4:
-            r = q64
-        elif j == 4 or j == 7:
-            r = q4
-        elif j == 1 or j == 3 or j == 6:
-            r = q16
-        else:
-            r = q64
-        return r
-
-    @gluon.jit
-    def _group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
-                    ONE_ROW: gl.constexpr):
-        """One 128-column group: the offset mma, the code mmas and the group's end (lop3_layout.py)."""
-        p = _off2(_quad(0, BITS, q64, q16, q4), _quad(1, BITS, q64, q16, q4), x0, acc, True)
-        p = _off2(_quad(2, BITS, q64, q16, q4), _quad(3, BITS, q64, q16, q4), x1, p, False)
-        p = _off2(_quad(4, BITS, q64, q16, q4), _quad(5, BITS, q64, q16, q4), x2, p, False)
-        p = _off2(_quad(6, BITS, q64, q16, q4), _quad(7, BITS, q64, q16, q4), x3, p, False)
-        d = _code2(w0, x0, acc, BITS, 0, True)
-        d = _code2(w0, x1, d, BITS, 2, False)
-        d = _code2(w1, x2, d, BITS, 4, False)
-        d = _code2(w1, x3, d, BITS, 6, False)
-        return gl.inline_asm_elementwise(L._end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
-                                         [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+    # the decode, the offset mma and a group's end, as the library's lop3 kernel has them
+    from matgptq.kernels.lop3_kernel import code2 as _code2  # noqa: F401
+    from matgptq.kernels.lop3_kernel import group_math as _group_math  # noqa: F401
+    from matgptq.kernels.lop3_kernel import off2 as _off2  # noqa: F401
+    from matgptq.kernels.lop3_kernel import quad as _quad  # noqa: F401
+    from matgptq.kernels.lop3_kernel import quads as _quads  # noqa: F401
 
     @gluon.jit
     def _lanes(pid_n, M, stride_xm, NW: gl.constexpr, LY: gl.constexpr):
@@ -111,11 +70,6 @@ if gluon is not None:
         xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
         xm = (g < M) & (T >= 0)
         return g, c, e, ta, xo, xm, ta * 16 + 2 * g + e
-
-    @gluon.jit
-    def _quads(AQ, e, ta):
-        """The offset mma's A quads {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..}, loaded (registers)."""
-        return gl.load(AQ + e + ta * 0), gl.load(AQ + 4 + e + ta * 0), gl.load(AQ + 8 + e + ta * 0)
 
     @gluon.jit
     def _issue(cs, xs, ss, slot, Q, X, S, qo, xo, so, xm, G, SP, BLK: gl.constexpr, BITS: gl.constexpr):

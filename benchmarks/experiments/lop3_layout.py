@@ -38,14 +38,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-P2 = (4, 6, 4, 6, 8, 4, 6, 8)  # 2 bits: mantissa bit of step j's field after its shift
-SH2 = (4, 4, 0, 0, 0, -6, -6, -6)  # 2 bits: shift of the word (+ left, - right) for step j
-SH4 = (4, 0, -4, -8)  # 4 bits: shift for field f = j % 4 (p = 4)
+from matgptq.kernels.lop3_pack import P2, SH2, SH4  # noqa: E402,F401  (the layout's steps: the library's)
+from matgptq.kernels.lop3_pack import step_offsets as offsets  # noqa: E402
+
 ONE = 0x3C003C00
-
-
-def offsets(bits):
-    return [2.0 ** (10 - p) for p in (P2 if bits == 2 else (4,) * 8)]
 
 
 def _split(codes, bits):
@@ -149,46 +145,9 @@ except ImportError:  # pragma: no cover
     triton = None
 
 if triton is not None:
+    from matgptq.kernels.lop3_asm import code_asm as _code_asm  # noqa: F401  (the decode-and-mma text)
+    from matgptq.kernels.lop3_asm import off_asm as _off_asm  # noqa: F401
     from matgptq.kernels.triton_decode import finish_tile, issue_here
-
-    MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
-
-    @triton.constexpr_function
-    def _code_asm(bits, j0, first):
-        """Steps j0, j0+1: $0-3 the result, $4-7 the lane's four words, $8-11 the activations of the
-        two steps (b0, b1 of j0, then of j0+1), $12-15 the accumulator (first: zero)."""
-        bits, j0 = int(bits), int(j0)
-        lines = ["{", ".reg .b32 s<4>, a<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
-        for jj in range(2):
-            j = j0 + jj
-            if bits == 2:
-                sh, p = SH2[j], P2[j]
-            else:
-                sh, p = SH4[j % 4], 4
-            mask = (((1 << bits) - 1) << p) * 0x10001
-            magic = ((25 - p) << 10) * 0x10001
-            for r in range(4):
-                src = f"${4 + r}"
-                if sh:
-                    op = "shl.b32" if sh > 0 else "shr.u32"
-                    lines.append(f"{op} s{r}, {src}, {abs(sh)};")
-                    src = f"s{r}"
-                lines.append(f"lop3.b32 a{4 * jj + r}, {src}, {mask}, {magic}, 0xEA;")
-        acc = "{z, z, z, z}" if first else "{$12, $13, $14, $15}"
-        lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$8, $9}}, {acc};")
-        lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$10, $11}}, {{e0, e1, e2, e3}};")
-        lines.append("}")
-        return "\n".join(lines)
-
-    @triton.constexpr_function
-    def _off_asm(first):
-        """Two steps of the offset mma: $4-7 / $8-11 the A quads {1, off, 1, off} of the two steps,
-        $12-15 the activations, $16-19 the accumulator."""
-        acc = "{z, z, z, z}" if first else "{$16, $17, $18, $19}"
-        return "\n".join(["{", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;",
-                          f"{MMA} {{e0, e1, e2, e3}}, {{$4, $5, $6, $7}}, {{$12, $13}}, {acc};",
-                          f"{MMA} {{$0, $1, $2, $3}}, {{$8, $9, $10, $11}}, {{$14, $15}}, {{e0, e1, e2, e3}};",
-                          "}"])
 
     @triton.constexpr_function
     def _end_asm(zc, one_row):
