@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover
 if gluon is not None:
     # the decode, the offset mma and a group's end, as the library's lop3 kernel has them
     from matgptq.kernels.lop3_kernel import code2 as _code2  # noqa: F401
+    from matgptq.kernels.lop3_kernel import finish
     from matgptq.kernels.lop3_kernel import group_math as _group_math  # noqa: F401
     from matgptq.kernels.lop3_kernel import off2 as _off2  # noqa: F401
     from matgptq.kernels.lop3_kernel import quad as _quad  # noqa: F401
@@ -126,22 +127,9 @@ if gluon is not None:
 
     @gluon.jit
     def _finish(acc, ocol, orow, M, N, OUT, stride_om, WS, CNT, tile_id, pid_k, SPLIT_K):
-        """matgptq.kernels.triton_decode.finish_tile in Gluon: the partial to the workspace, a
-        counter per program, the last program sums the partials in order and stores fp16."""
-        mask = (ocol < M) & (orow < N)
-        if SPLIT_K == 1:
-            gl.store(OUT + ocol * stride_om + orow, acc.to(gl.float16), mask=mask)
-        else:
-            ws = WS + ocol * N + orow
-            gl.store(ws + pid_k * M * N, acc, mask=mask)
-            gl.thread_barrier()
-            old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
-            if old == SPLIT_K - 1:
-                tot = gl.zeros_like(acc)
-                for k in range(SPLIT_K):
-                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
-                gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+        """The library kernel's finish (no bias, no scale): the partial to the workspace, a counter per
+        program, the last program sums the partials in order and stores fp16."""
+        finish(acc, ocol, orow, M, N, OUT, stride_om, OUT, WS, CNT, tile_id, pid_k, SPLIT_K, False, 1.0)
 
     @gluon.jit
     def _tma_issue(qd, cs, bars, slot, row0, G, NBYTES: gl.constexpr):
