@@ -3,6 +3,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
 
     python benchmarks/lop3.py --out benchmarks/results --tag h200          # GPU: checks, then time
     python benchmarks/lop3.py --checks-only                               # GPU: the checks alone
+    PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
 
 Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
 without bias, batches 1, 2, 3, 5, 7, 8, 9, 16 and 33 (33: dequantize + cuBLAS), the tuner's
@@ -102,6 +103,41 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     return row, key, KernelConfig.from_key(best)
 
 
+def sass_counts(out=None):
+    """Compile the library's lop3 kernel for sm_90 without a GPU (Triton >= 3.5) and count the
+    instructions of its group loop per weight (kernel_sass.py's reading), batch 1 and 8, with bias."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernel_sass import loop_mix
+    from matgptq.kernels import lop3_kernel as K
+
+    rows = []
+    fn = K.lop3_kernel
+    names = fn.arg_names
+    ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
+           "CNT": "*i32"}
+    for bits in (2, 4):
+        for m in (1, 8):
+            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
+                       **K.launch_consts(bits, 4, 4, 16, m))
+            sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
+            attrs = {(names.index(n),): [["tt.divisibility", 16]]
+                     for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT", "stride_om", "N", "SP", "WS", "CNT")}
+            src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
+                                 attrs=attrs)
+            comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+            K.check_window(comp)
+            regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4)
+            per = sum(mix.values()) / (4 * 16 * 128 / 32)  # 4 groups a loop trip, 64 weights a thread each
+            rows.append(dict(bits=bits, batch=m, registers=regs, per_weight=round(per, 3)))
+            print(f"lop3 kernel {bits}-bit batch {m}: {regs} registers, {per:.2f} instructions per weight", flush=True)
+    if out:
+        with open(os.path.join(out, "lop3_sass_triton36.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def summarize(rows):
     big = [r for r in rows if r["shape"] in ("4096x14336", "14336x4096", "8192x8192", "16384x16384")]
     a1 = [(r["shape"], r["bits"], r["pct_copy"]) for r in big if r["batch"] == 1]
@@ -127,9 +163,12 @@ def main():
     ap.add_argument("--bits", default="2,4")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--checks-only", action="store_true")
+    ap.add_argument("--sass", action="store_true", help="offline: the kernel's SASS counts (no GPU)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
+    if args.sass:
+        return sass_counts(args.out)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/lop3.py needs a GPU (the lop3 kernel is CUDA only; the CPU tests are "
                          "tests/test_lop3.py)")
