@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
 if gluon is not None:
     # the decode, the offset mma and a group's end, as the library's lop3 kernel has them
     from matgptq.kernels.lop3_kernel import code2 as _code2  # noqa: F401
-    from matgptq.kernels.lop3_kernel import finish
+    from matgptq.kernels.lop3_kernel import finish, lanes
     from matgptq.kernels.lop3_kernel import group_math as _group_math  # noqa: F401
     from matgptq.kernels.lop3_kernel import off2 as _off2  # noqa: F401
     from matgptq.kernels.lop3_kernel import quad as _quad  # noqa: F401
@@ -59,18 +59,12 @@ if gluon is not None:
 
     @gluon.jit
     def _lanes(pid_n, M, stride_xm, NW: gl.constexpr, LY: gl.constexpr):
-        """The [NW, 128] lane indices of a program's NW row tiles (lop3_layout.py's layout): lane group
-        g, lane c, register e, the tiles, the activation offsets and mask (real batch rows only), the
-        scale offsets."""
-        T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
-        E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
-        g = E // 16
-        c = E // 4 % 4
-        e = E % 4
-        ta = pid_n * NW + T
-        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + T * 0
-        xm = (g < M) & (T >= 0)
-        return g, c, e, ta, xo, xm, ta * 16 + 2 * g + e
+        """The library kernel's lane indices (lane group g, lane c, register e, the tiles, the scale
+        offsets) plus the activation offsets and mask (real batch rows only) of register loads."""
+        g, c, e, ta, so = lanes(pid_n, NW, LY)
+        xo = gl.minimum(g, M - 1) * (stride_xm // 2) + 16 * c + e + ta * 0
+        xm = (g < M) & (ta >= 0)
+        return g, c, e, ta, xo, xm, so
 
     @gluon.jit
     def _issue(cs, xs, ss, slot, Q, X, S, qo, xo, so, xm, G, SP, BLK: gl.constexpr, BITS: gl.constexpr):

@@ -317,7 +317,9 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
     N / (16 · warps) zeroed counters (the kernel leaves them zero)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
-        raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows, not {x2.dtype} x {tuple(x2.shape)}")
+        raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
+                         f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which splits the batch "
+                         "and serves other dtypes by dequantize + cuBLAS")
     m = x2.shape[0]
     ng = k // 128
     gps = -(-ng // split_k)
