@@ -6,7 +6,9 @@ order). Every thread copies its own 16-byte pieces of group G's codes and its 4-
 with inline-PTX ``cp.async`` into slot G % STAGES of a private ring in shared memory, STAGES - 1
 groups ahead, waits on its own copy groups and reads back only what it copied, so no barrier is
 needed in the loop. The program's activations are copied into shared memory once, at the start
-(one barrier). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
+(one barrier), 288 bytes per batch row (16 bytes of padding after each half row, so that one
+16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
+batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
 on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32.
 
 Symmetric grids only (one zero for the whole slice, a compile-time constant).
@@ -177,10 +179,12 @@ if gluon is not None:
 
     @gluon.jit
     def x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
-                NT: gl.constexpr, L1: gl.constexpr):
+                NT: gl.constexpr, L1: gl.constexpr, XS: gl.constexpr = 256):
         """cp.async the program's activations, [group][batch row][128] fp16 (XR rows, GMAX groups),
         into the block at XOFF: 16-byte pieces, thread t taking pieces t, t + NT, ..; the rows past
-        M and the groups past g1 zero-filled; one commit."""
+        M and the groups past g1 zero-filled; one commit. A row takes XS bytes: 256 dense, or 288
+        (XS_PADDED: 16 bytes after each half row, so the eight lanes of a 16-byte read phase, two
+        batch rows times four lanes c, hit eight different bank quads); see x_offset."""
         t = gl.arange(0, NT, layout=L1)
         base = smem_base(t) + XOFF
         for k in gl.static_range((GMAX * XR * 16 + NT - 1) // NT):
@@ -190,10 +194,11 @@ if gluon is not None:
             ok = (p < GMAX * XR * 16) & (r < M)
             real = g0 + gg < g1
             src = (X + r * (stride_xm // 2) + gl.minimum(g0 + gg, g1 - 1) * 64 + p % 16 * 4).to(gl.int64)
+            dst = base + (gg * XR + r) * XS + p % 16 * 16 + p % 16 // 8 * ((XS - 256) // 2)
             gl.inline_asm_elementwise("{ .reg .pred v; .reg .u32 sz; setp.ne.s32 v, $3, 0; "
                                       "{ .reg .pred q; setp.ne.s32 q, $4, 0; selp.u32 sz, 16, 0, q; } "
                                       "@v cp.async.cg.shared.global [$2], [$1], 16, sz; mov.u32 $0, 0; }", "=r,l,r,r,r",
-                                      [src, base + p * 16, ok.to(gl.int32), real.to(gl.int32)],
+                                      [src, dst, ok.to(gl.int32), real.to(gl.int32)],
                                       dtype=gl.int32, is_pure=False, pack=1)
         return gl.inline_asm_elementwise("cp.async.commit_group; mov.u32 $0, 0;", "=r,r", [t], dtype=gl.int32,
                                          is_pure=False, pack=1)
@@ -201,7 +206,7 @@ if gluon is not None:
     @gluon.jit
     def _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK: gl.constexpr, BITS: gl.constexpr,
               ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr, CH: gl.constexpr,
-              XR: gl.constexpr, SOFF: gl.constexpr, i: gl.constexpr):
+              XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, i: gl.constexpr):
         """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
         group G + STAGES - 1, decode."""
         base = bases + wait_copies(STAGES - 2, bases)
@@ -209,10 +214,10 @@ if gluon is not None:
         w1 = w0
         if BITS == 4:
             w1 = read16(base, (i * CH + 1) * NT * 16)
-        x0 = read16(xg, i * XR * 256)
-        x1 = read16(xg, i * XR * 256 + 16)
-        x2 = read16(xg, i * XR * 256 + 32)
-        x3 = read16(xg, i * XR * 256 + 48)
+        x0 = read16(xg, i * XR * XS)
+        x1 = read16(xg, i * XR * XS + 16)
+        x2 = read16(xg, i * XR * XS + 32)
+        x3 = read16(xg, i * XR * XS + 48)
         s = read_scales(base, SOFF + i * NT * 4)
         issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
         return group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
@@ -221,7 +226,8 @@ if gluon is not None:
     def lop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
-                    XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr):
+                    XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
+                    XS: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant."""
@@ -244,20 +250,20 @@ if gluon is not None:
         bases = ring_bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
-        x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1)
+        x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
         for i in gl.static_range(STAGES - 1):
             issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
         wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         gl.thread_barrier()  # and for every thread
-        xl = smem_base(e) + XOFF + gl.minimum(g, M - 1) * 256 + c * 64
+        xl = smem_base(e) + XOFF + gl.minimum(g, M - 1) * XS + c * 64 + c // 2 * ((XS - 256) // 2)
         acc = gl.zeros([NW, 128], gl.float32, LY)
         for G0 in range(g0, g1, STAGES):
-            xg = xl + (G0 - g0) * (XR * 256)
+            xg = xl + (G0 - g0) * (XR * XS)
             for i in gl.static_range(STAGES):
                 G = G0 + i
                 if G < g1:
                     acc = _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK, BITS, ZCK, ONE_ROW,
-                                STAGES, NT, CH, XR, SOFF, i)
+                                STAGES, NT, CH, XR, SOFF, XS, i)
         wait_copies(0, e)
         gl.thread_barrier()
         res.slice(0, NT).store(z1)
@@ -267,6 +273,7 @@ if gluon is not None:
 
 
 MAX_M = 8  # batch rows per launch: the eight columns of one m16n8k16
+XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
 
 
 def _pow2(v: int) -> int:
@@ -277,8 +284,9 @@ def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int) -> dict:
     """The kernel's layout constants: GMAX >= GPS groups and XR >= M rows of activations in shared
     memory after the rings."""
     gmax, xr = _pow2(gps), _pow2(m)
-    soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * 256)
-    return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words)
+    soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * XS_PADDED)
+    return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words,
+                XS=XS_PADDED)
 
 
 def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int) -> int:
