@@ -6,10 +6,12 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
 
 Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
-without bias, batches 1, 2, 3, 5, 7, 8, 9, 16 and 33 (33: dequantize + cuBLAS), the tuner's
-candidates and five more launch shapes (1-4 warps, 2-8 stages, splits 1-16, one that leaves a
-short last range) at batches 3 and 9. Timings: every lop3 launch the tuner would try (each point's
-best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format), against the library's
+without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 33 and 100 and bf16 batches 9 and 33 (the
+dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the tuner's
+candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
+stages, splits 1-16, one that leaves a short last range) at batches 3 and 9. Timings: every lop3 launch the tuner would try (each point's
+best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
+rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
 CUDA graph as ``kernels.py`` does. ``pct_copy``: bytes (codes, scales, activations, output) per
 second against the copy bandwidth measured in the run.
@@ -45,21 +47,23 @@ def check(n=512, k=2048):
         for rule in ("round", "nested"):
             pw, (q, s, z) = kb.make_packed(n, k, bits, "lop3", rule, 128, seed=bits)
             w = dequantize(q.cpu(), s.cpu(), z.cpu(), 8, bits, rule, 128, torch.float64)
-            for m in (1, 2, 3, 5, 7, 8, 9, 16, 33):
-                x = torch.randn(m, k, device="cuda").half()
-                for bias in (None, torch.randn(n, device="cuda").half()):
+            for m, dt in [(m, torch.float16) for m in (1, 2, 3, 5, 7, 8, 9, 16, 33, 100)] + [(9, torch.bfloat16),
+                                                                                              (33, torch.bfloat16)]:
+                x = torch.randn(m, k, device="cuda").to(dt)
+                for bias in (None, torch.randn(n, device="cuda").to(dt)):
                     cfgs = [choose_config(x, pw, bits, bias)]
-                    if m in (3, 9) and bias is None:  # more launch shapes: warps, stages, splits
-                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits)
+                    if m in (3, 9, 33) and bias is None:  # more launch shapes: warps, stages, splits
+                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16)
+                    if m in (3, 9) and bias is None and dt == torch.float16:
                         cfgs += [KernelConfig("lop3", split_k=sk, num_warps=w, num_stages=st)
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))]
                     for cfg in cfgs:
-                        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+                        out = torch.full((m, n), float("nan"), device="cuda", dtype=dt)
                         run_config(cfg, x, pw, bits, out, bias)
                         ref = x.double().cpu() @ w.t() + (0 if bias is None else bias.double().cpu())
                         err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
-                        if not torch.isfinite(out).all() or err > 2e-3:
-                            fails.append((bits, rule, m, bias is not None, cfg.key(), err))
+                        if not torch.isfinite(out).all() or err > (2e-3 if dt == torch.float16 else 1e-2):
+                            fails.append((bits, rule, m, str(dt)[6:], bias is not None, cfg.key(), err))
                             err = float("inf")
                         worst = max(worst, err)
     return worst, fails
@@ -73,7 +77,7 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
     sms = _sms(x.device)
-    cands = configs.lop3_candidates(n, k // 128, m, sms, bits) if m <= configs.LOP3_MAX_M else [KernelConfig("cublas")]
+    cands = configs.lop3_candidates(n, k // 128, m, sms, bits)
     tried = {}
     for cfg in cands:
         tried[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
@@ -85,19 +89,21 @@ def time_point(n, k, bits, m, bw, fp16_cache):
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(kb.copies_for(2 * n * k))]
         fp16_cache[(n, k, m)] = statistics.median(kb.graph_time([lambda w=w: F.linear(x, w) for w in w16])
                                                   for _ in range(3))
-    tdq = None
-    if m >= 32:  # the library's dequantize (fixed layout) + cuBLAS
+    tdq = tdq_lop3 = None
+    if m >= 32:  # the library's dequantize + cuBLAS, fixed layout (the issue's bar) and lop3
         buf = torch.empty(n, k, device="cuda", dtype=torch.float16)
 
         def deq_mm(p, o):
             dequantize_triton(p, bits, torch.float16, buf)
             torch.matmul(x, buf.t(), out=o)
         tdq = kb.graph_time([lambda p=p, o=o: deq_mm(p, o) for p, o in zip(fixs[:4], outs)])
+        tdq_lop3 = kb.graph_time([lambda p=p: dequantize_triton(p, bits, torch.float16, buf) for p in lops[:4]])
     need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
     t = tried[best]
     row = dict(shape=f"{n}x{k}", bits=bits, batch=m, us=t, config=best, fixed_us=round(fixed_t, 2),
                fixed_config=fcfg.key(), speedup_vs_fixed=round(fixed_t / t, 3), fp16_us=round(fp16_cache[(n, k, m)], 2),
-               deq_cublas_us=None if tdq is None else round(tdq, 2), bytes=need,
+               deq_cublas_us=None if tdq is None else round(tdq, 2),
+               lop3_dequant_us=None if tdq_lop3 is None else round(tdq_lop3, 2), bytes=need,
                pct_copy=round(100 * need / (t * 1e-6) / bw, 1), tried=tried)
     key = configs.table_key(_device_name(x.device), n, k, m, fmt_key(pw0, bits, x.dtype))
     return row, key, KernelConfig.from_key(best)
@@ -184,19 +190,23 @@ def main():
             for m in (int(b) for b in args.batches.split(",")):
                 row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache)
                 rows.append(row)
-                if cfg.kind == "lop3":
-                    tuned[key] = cfg.__dict__.copy()
+                tuned[key] = cfg.__dict__.copy()
                 print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) {row['config']:28s} "
                       f"fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  fp16 {row['fp16_us']:8.2f}  "
-                      f"deq+cuBLAS {row['deq_cublas_us']}", flush=True)
+                      f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}", flush=True)
+                if args.out:  # after every point: a run cut off keeps what it measured
+                    save(args.out, args.tag, dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst,
+                                                  check_failures=fails, rows=rows), tuned)
     summarize(rows)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"lop3_{args.tag}.json"), "w") as f:
-            json.dump(dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst, check_failures=fails,
-                           rows=rows), f, indent=1)
-        with open(os.path.join(args.out, f"tuned_lop3_{args.tag}.json"), "w") as f:
-            json.dump(tuned, f, indent=1)
+
+
+def save(out, tag, result, tuned):
+    os.makedirs(out, exist_ok=True)
+    for name, obj in ((f"lop3_{tag}.json", result), (f"tuned_lop3_{tag}.json", tuned)):
+        tmp = os.path.join(out, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, os.path.join(out, name))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The lop3 layout: packing against a slow per-element reference, the decode PTX against its
-definition (a small interpreter of the instructions it uses), the dequantize kernel under
-TRITON_INTERPRET=1 and QuantLinear against float64. The Gluon matmul kernel runs only on a GPU
+definition (a small interpreter of the instructions it uses), the Triton tile reader, dequantize
+and tensor-core kernels under TRITON_INTERPRET=1 and QuantLinear against float64. The Gluon matmul kernel runs only on a GPU
 (test_lop3_kernel_on_gpu, and benchmarks/lop3.py's checks)."""
 
 import os
@@ -17,6 +17,24 @@ from matgptq.kernels import lop3_asm
 from matgptq.kernels.lop3_pack import P2, SH2, SH4, pack_lop3, step_offsets, unpack_lop3
 from matgptq.kernels.pack import dequantize_packed, pack
 from matgptq.quant.grid import dequantize
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from matgptq.kernels.lop3_dequant import block_codes, word_order_cols
+
+    @triton.jit
+    def tile(Q, OUT, COLS, N, NG, BITS: tl.constexpr):
+        """Every group's word-order tile of rows 0..31, and the tile's columns."""
+        rows = tl.arange(0, 32)
+        for G in range(NG):
+            c = block_codes(Q, rows, N, G, NG, BITS, 32)
+            tl.store(OUT + G * 32 * 128 + rows[:, None] * 128 + tl.arange(0, 128)[None, :], c)
+        tl.store(COLS + tl.arange(0, 128), word_order_cols(BITS))
+except ImportError:  # pragma: no cover - machines without triton
+    triton = None
 
 
 def _codes(n, k, bits, seed=0):
@@ -143,17 +161,43 @@ def test_dequantize_matches_float64(rule, bits):
 
 
 @pytest.mark.parametrize("m", [1, 3, 9, 33])
-def test_quant_matmul_on_the_lop3_layout(m):
-    """Under the interpreter the lop3 layout is served by its dequantize kernel + matmul, with bias."""
+@pytest.mark.parametrize("bits", [2, 4])
+def test_quant_matmul_on_the_lop3_layout(m, bits):
+    """Under the interpreter the lop3 layout is served by its tensor-core kernel (the dispatcher's
+    choice, split-K with a short last range, a row tile past N) and by dequantize + cuBLAS, fp16
+    and bf16, with bias; NaN-poisoned outputs against float64, within the output's rounding."""
     pytest.importorskip("triton")
-    from matgptq.kernels.dispatch import quant_matmul
+    from matgptq.kernels.configs import KernelConfig
+    from matgptq.kernels.dispatch import choose_config, run_config
 
-    pw, w = _lop3_case(32, 384, 4, "nested", seed=m)
-    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)).half()
-    bias = torch.randn(32).half()
-    out = quant_matmul(x, pw, 4, bias, backend="triton")
-    ref = x.double() @ w.t() + bias.double()
-    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-3
+    pw, w = _lop3_case(48, 384, bits, "nested", seed=m + bits)
+    g = torch.Generator().manual_seed(m)
+    for dt, tol in ((torch.float16, 1e-3), (torch.bfloat16, 8e-3)):
+        x = torch.randn(m, 384, generator=g).to(dt)
+        bias = torch.randn(48, generator=g).to(dt)
+        chosen = choose_config(x, pw, bits, bias)
+        assert chosen.kind == "gemm"
+        for cfg in (chosen, KernelConfig("gemm", bm=16, bn=32, split_k=2), KernelConfig("cublas")):
+            out = torch.full((m, 48), float("nan"), dtype=dt)
+            run_config(cfg, x, pw, bits, out, bias)
+            ref = x.double() @ w.t() + bias.double()
+            assert torch.isfinite(out).all(), f"{cfg.key()} left an element unwritten"
+            assert ((out.double() - ref).norm() / ref.norm()).item() < tol, cfg.key()
+
+
+def test_word_order_puts_every_code_at_its_column():
+    """The tensor-core kernel's tile order (lop3_dequant.block_codes, word_order_cols) against the
+    layout's definition: position p of row r's tile holds code (r, word_order_cols[p])."""
+    if triton is None:
+        pytest.skip("needs triton")
+    for bits in (2, 4):
+        codes = _codes(32, 256, bits, seed=bits)
+        out = torch.zeros(2, 32, 128, dtype=torch.int32)
+        cols = torch.zeros(128, dtype=torch.int32)
+        tile[(1,)](pack_lop3(codes, bits), out, cols, 32, 2, BITS=bits)
+        assert sorted(cols.tolist()) == list(range(128))
+        for G in range(2):
+            assert torch.equal(out[G], codes[:, G * 128 + cols.long()].int())
 
 
 def test_quant_linear_lop3_matches_fixed_and_keeps_its_width():

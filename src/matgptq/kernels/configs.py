@@ -20,7 +20,8 @@ GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batc
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
-LOP3_MAX_M = 16  # the lop3 layout's kernel: up to 8 rows a launch, two launches up to 16
+LOP3_CHUNK_M = 8  # the lop3 layout's Gluon kernel: up to 8 rows a launch
+LOP3_MAX_M = 16  # and two launches up to 16 (the tuner weighs them against the tensor-core kernel)
 LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
@@ -117,12 +118,7 @@ def heuristic(n: int, k_tiles: int, m: int, sms: int, mma: bool = False) -> Kern
     if m <= GEMV_MAX_M:
         bn = 64 if n >= 2048 else 32
         return KernelConfig("gemv", bn=bn, bm=next_pow2(m), split_k=_split(-(-n // bn), k_tiles, sms, 4), num_warps=4)
-    if m <= DOT_MAX_M:
-        bm = 16 if m <= 16 else 32 if m <= 32 else 64
-        bn = 64
-        base = -(-n // bn) * -(-m // bm)
-        return KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, 2), num_warps=4)
-    return KernelConfig("cublas")
+    return gemm_heuristic(n, k_tiles, m, sms)
 
 
 def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False, bits: int = 8) -> list[KernelConfig]:
@@ -158,17 +154,34 @@ def candidates(n: int, k_tiles: int, m: int, sms: int, mma: bool = False, bits: 
                 for st in (1, 3):
                     out.append(KernelConfig("gemv", bn=bn, bm=bm, split_k=_split(-(-n // bn), k_tiles, sms, t),
                                             num_warps=w, num_stages=st))
-    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    return list(dict.fromkeys(out + gemm_candidates(n, k_tiles, m, sms)))
+
+
+def _gemm_bm(m: int) -> int:
+    return 16 if m <= 16 else 32 if m <= 32 else 64
+
+
+def gemm_candidates(n: int, k_steps: int, m: int, sms: int) -> list[KernelConfig]:
+    """The tensor-core kernel's launches (either layout; ``k_steps``: what split-K divides, k-tiles
+    or lop3 groups), and dequantize + cuBLAS from batch 32."""
+    out, bm = [], _gemm_bm(m)
     for bn, w, targets, stages in ((64, 4, (1, 2, 4), (1, 3)), (64, 8, (1, 2), (1, 3)), (32, 4, (2,), (1,)),
                                    (128, 4, (2,), (1,))):
         base = -(-n // bn) * -(-m // bm)
         for t in targets:
             for st in stages:
-                out.append(KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_tiles, sms, t), num_warps=w,
+                out.append(KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(base, k_steps, sms, t), num_warps=w,
                                         num_stages=st))
     if m >= 32:
         out.append(KernelConfig("cublas"))
-    return list(dict.fromkeys(out))
+    return out
+
+
+def gemm_heuristic(n: int, k_steps: int, m: int, sms: int) -> KernelConfig:
+    if m > DOT_MAX_M:
+        return KernelConfig("cublas")
+    bm, bn = _gemm_bm(m), 64
+    return KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(-(-n // bn) * -(-m // bm), k_steps, sms, 2), num_warps=4)
 
 
 def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int) -> bool:
@@ -182,9 +195,13 @@ def _lop3_splits(groups: int) -> list[int]:
     return [d for d in range(1, min(groups, 32) + 1) if groups % d == 0]
 
 
-def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int) -> KernelConfig:
-    """The lop3 kernel's launch where no table entry or tuner says otherwise (H200 measurements:
-    2 warps up to 8192 rows, else 4; 4 stages; about eight programs per SM)."""
+def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> KernelConfig:
+    """The lop3 layout's launch where no table entry or tuner says otherwise: with ``kernel`` (its
+    Gluon kernel serves this call) up to 8 rows, the lop3 kernel (H200 measurements: 2 warps up to
+    8192 rows, else 4; 4 stages; about eight programs per SM); else the tensor-core kernel up to
+    DOT_MAX_M rows, then dequantize + cuBLAS."""
+    if not kernel or m > LOP3_CHUNK_M:
+        return gemm_heuristic(n, groups, m, sms)
     warps = next(w for w in ((2, 4, 1) if n <= 8192 else (4, 2, 1)) if n % (16 * w) == 0)
     ok = [d for d in _lop3_splits(groups) if _lop3_split_ok(n, groups, m, bits, warps, 4, d)] or [groups]
     target = 8 * sms
@@ -192,17 +209,22 @@ def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int) -> KernelCo
     return KernelConfig("lop3", bn=16 * warps, split_k=split, num_warps=warps, num_stages=4)
 
 
-def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int) -> list[KernelConfig]:
-    """What the autotuner tries for the lop3 kernel: 1, 2 or 4 warps, 4 stages (2 and 8 were never
-    faster on the H200), and the splits that put 3-16 programs on each SM."""
+def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> list[KernelConfig]:
+    """What the autotuner tries on the lop3 layout. With ``kernel``, up to LOP3_MAX_M rows, the lop3
+    kernel: 1, 2 or 4 warps, 4 stages (and 6, 8 at 2 bits, where a group is only 512 bytes a warp
+    and more of them in flight may pay), the splits that put 3-16 programs on each SM. From 9 rows
+    also the tensor-core kernel (:func:`gemm_candidates`)."""
     out = []
-    for w in (1, 2, 4):
-        for st in (4,):
-            for d in _lop3_splits(groups):
-                progs = n // (16 * w) * d
-                if 3 * sms <= progs <= 16 * sms and _lop3_split_ok(n, groups, m, bits, w, st, d):
-                    out.append(KernelConfig("lop3", bn=16 * w, split_k=d, num_warps=w, num_stages=st))
-    return out or [lop3_heuristic(n, groups, m, sms, bits)]
+    if kernel and m <= LOP3_MAX_M:
+        for w in (1, 2, 4):
+            for st in (4, 6, 8) if bits == 2 else (4,):
+                for d in _lop3_splits(groups):
+                    progs = n // (16 * w) * d
+                    if 3 * sms <= progs <= 16 * sms and _lop3_split_ok(n, groups, m, bits, w, st, d):
+                        out.append(KernelConfig("lop3", bn=16 * w, split_k=d, num_warps=w, num_stages=st))
+    if m > LOP3_CHUNK_M or not kernel:
+        out += gemm_candidates(n, groups, m, sms)
+    return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]
 
 
 _tuned: dict[str, KernelConfig] = {}

@@ -3,9 +3,10 @@
 CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
 batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
-configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 16 on
-a GPU (:mod:`.lop3_kernel`, Gluon), dequantize + cuBLAS otherwise. Elsewhere: plain torch
-(dequantize, then matmul).
+configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 8 on
+a GPU (:mod:`.lop3_kernel`, Gluon; two launches up to 16 where the tuner finds them faster), its
+``tl.dot`` kernel (:mod:`.lop3_gemm`) for larger batches, bf16 and the interpreter, and dequantize
++ cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -240,6 +241,25 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     return out
 
 
+def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
+                     cfg: KernelConfig) -> torch.Tensor:
+    from .lop3_gemm import lop3_gemm_kernel
+
+    m, ng = x2.shape[0], pw.k // 128
+    gps = -(-ng // max(1, cfg.split_k))
+    split = -(-ng // gps)
+    tiles = (-(-pw.n // cfg.bn), -(-m // cfg.bm))
+    ws, cnt = _workspace(x2.device, split * m * pw.n if split > 1 else 0, tiles[0] * tiles[1])
+    lop3_gemm_kernel[(*tiles, split)](
+        x2, x2.stride(0), pw.qweight, pw.scales, out, out.stride(0), bias if bias is not None else out, ws, cnt,
+        m, pw.n, pw.scales.shape[1], ng, gps, split, *_lop3_zero(pw, bits),
+        BM=cfg.bm, BN=cfg.bn, BITS=bits, HAS_BIAS=bias is not None,
+        F32DOT=interpreting() and x2.dtype == torch.bfloat16, NS=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
 def dequantize_triton(pw: PackedWeight, bits: int, dtype: torch.dtype, out: torch.Tensor | None = None,
                       bn: int = 64) -> torch.Tensor:
     """Ŵ_b [N, K] in storage column order, written by one Triton launch."""
@@ -283,30 +303,31 @@ def run_config(cfg: KernelConfig, x2, pw, bits, out, bias):
     if cfg.kind == "gemv":
         return launch_gemv(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "gemm":
-        return launch_gemm(x2, pw, bits, out, bias, cfg)
+        return (launch_lop3_gemm if pw.layout == "lop3" else launch_gemm)(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "mma":
         return launch_mma(x2, pw, bits, out, bias, cfg)
     if cfg.kind == "lop3":
         return launch_lop3(x2, pw, bits, out, bias, cfg)
     if pw.layout == "lop3" and cfg.kind != "cublas":
-        raise ValueError(f"a {cfg.kind!r} config cannot read the lop3 layout; use kind='lop3' or 'cublas'")
+        raise ValueError(f"a {cfg.kind!r} config cannot read the lop3 layout; use kind='lop3', 'gemm' or 'cublas'")
     return _cublas(x2, pw, bits, out, bias)
 
 
 def _choose_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, bias, key: str) -> KernelConfig:
-    """The lop3 layout: its kernel where it serves (table, tuner or heuristic), else dequantize +
-    cuBLAS."""
-    if not lop3_supported(x2, pw):
-        return KernelConfig("cublas")
+    """The lop3 layout: the table's or the tuner's choice, else the heuristic's (its Gluon kernel
+    where that serves the call, the tensor-core kernel, dequantize + cuBLAS)."""
     dev, m = x2.device, x2.shape[0]
+    kernel = lop3_supported(x2, pw)
     cfg = configs.recalled(key) or configs.lookup(_device_name(dev), pw.n, pw.k, m, fmt_key(pw, bits, x2.dtype))
-    if cfg is not None:
+    if cfg is not None and (cfg.kind != "lop3" or kernel):
         return cfg
-    if configs.autotune_enabled() and not torch.cuda.is_current_stream_capturing():
+    if (cfg is None and configs.autotune_enabled() and dev.type == "cuda" and not interpreting()
+            and not torch.cuda.is_current_stream_capturing()):
         cfg = _autotune(x2, pw, bits, bias)
     else:
-        cfg = configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(dev), bits)
-    configs.remember(key, cfg)
+        cfg = configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(dev), bits, kernel)
+    if kernel or x2.dtype != torch.float16:  # a misaligned fp16 x must not pin its key to the fallback
+        configs.remember(key, cfg)
     return cfg
 
 
@@ -340,7 +361,7 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
     best, best_t = None, float("inf")
     if pw.layout == "lop3":
-        cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits)
+        cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))
     else:
         cands = configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits)
     for cfg in cands:
@@ -351,7 +372,7 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
         if t < best_t:
             best, best_t = cfg, t
     if pw.layout == "lop3":
-        return best or configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(x2.device), bits)
+        return best or configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))
     return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw))
 
 

@@ -1,6 +1,14 @@
-"""Ŵ [N, K] from the ``lop3`` layout in one Triton launch (the large-batch path: dequantize, then
-cuBLAS; also the interpreter's path). Each program writes 16·RT rows of one 128-column group,
-reading each word once per element it holds (the words of a block stay in L1 / L2)."""
+"""The ``lop3`` layout read by plain Triton: a block's codes as a tile (:func:`block_codes`), and
+Ŵ [N, K] from them in one launch (the large-batch path's dequantize before cuBLAS; also the
+interpreter's). :mod:`.lop3_gemm` multiplies the same tiles with ``tl.dot``.
+
+A row's 8·nu words of group G are loaded once each, as a [rows, 8·nu] tile in the order
+q = (c·nu + u)·2 + r1 (lop3_pack's names), and every word is expanded into its 2·nf fields by
+the thread that loaded it (position e = 2f + h: field f of half h, bit 16h + b·f, so that
+positions 2i and 2i + 1 are adjacent columns): the [rows, 128] codes come out in *word order*, position
+p = 2·nf·q + e holding column :func:`word_order_cols` [p]. A dot does not
+care about the order of k (the gemm loads the activations in the same order); the dequantize
+puts the columns in place with one register permute, so its stores are whole rows."""
 
 from __future__ import annotations
 
@@ -12,30 +20,75 @@ try:
 except ImportError:  # pragma: no cover - machines without triton
     triton = None
 
-RT = 4  # row tiles per program
+RT = 4  # row tiles per dequantize program
 
 if triton is not None:
+
+    @triton.jit
+    def block_codes(Q, rows, N, G, NG, BITS: tl.constexpr, BN: tl.constexpr):
+        """int32 codes [BN, 128] of group G for ``rows`` (zero past N), in word order."""
+        NF: tl.constexpr = 16 // BITS  # fields per 16-bit half
+        NU: tl.constexpr = 8 // NF  # word sets
+        BLK: tl.constexpr = 64 * BITS  # words per block
+        q = tl.arange(0, 8 * NU)[None, :]
+        c, u, r1 = q // (2 * NU), q // 2 % NU, q % 2
+        rr = rows[:, None] % 16  # = 2g + r0; lop3_pack: word 128u + 16g + 4c + 2r1 + r0
+        word = 128 * u + 8 * (rr - rr % 2) + 4 * c + 2 * r1 + rr % 2
+        blk = Q + (rows[:, None] // 16).to(tl.int64) * (NG * BLK) + G * BLK
+        w = tl.load(blk + word, mask=rows[:, None] < N, other=0)
+        codes = tl.join(_fields(w, 0, BITS, NF), _fields(w, 1, BITS, NF))  # [BN, 8nu, f bits.., h]
+        return tl.reshape(codes, (BN, 128))
+
+    @triton.jit
+    def _field(w, f: tl.constexpr, h: tl.constexpr, BITS: tl.constexpr):
+        return (w >> (16 * h + BITS * f)) & ((1 << BITS) - 1)
+
+    @triton.jit
+    def _fields(w, h: tl.constexpr, BITS: tl.constexpr, NF: tl.constexpr):
+        """Fields 0..NF-1 of half h on new minor axes (log2 NF of them, f's top bit first). tl.join
+        keeps the joined axis in the thread, so a thread expands whole words; the innermost join
+        makes the most major of the new axes, hence the bit-reversed pairing."""
+        if NF == 4:
+            a = tl.join(tl.join(_field(w, 0, h, BITS), _field(w, 2, h, BITS)),
+                        tl.join(_field(w, 1, h, BITS), _field(w, 3, h, BITS)))
+        else:
+            a = tl.join(tl.join(tl.join(_field(w, 0, h, BITS), _field(w, 4, h, BITS)),
+                                tl.join(_field(w, 2, h, BITS), _field(w, 6, h, BITS))),
+                        tl.join(tl.join(_field(w, 1, h, BITS), _field(w, 5, h, BITS)),
+                                tl.join(_field(w, 3, h, BITS), _field(w, 7, h, BITS))))
+        return a
+
+    @triton.jit
+    def word_order_pairs(BITS: tl.constexpr):
+        """[64, 2]: the columns of word-order positions 2i and 2i + 1 (see the module doc), built
+        as pair start + (0, 1) so that Triton sees the pairs contiguous and 4-byte aligned."""
+        NF: tl.constexpr = 16 // BITS
+        NU: tl.constexpr = 8 // NF
+        i = tl.arange(0, 64)
+        q, f = i // NF, i % NF
+        c, u, r1 = q // (2 * NU), q // 2 % NU, q % 2
+        return (32 * c + 4 * (u * NF + f) + 2 * r1)[:, None] + tl.arange(0, 2)[None, :]
+
+    @triton.jit
+    def word_order_cols(BITS: tl.constexpr):
+        """[128]: the column of each word-order position."""
+        return tl.reshape(word_order_pairs(BITS), (128,))
 
     @triton.jit
     def lop3_dequant_kernel(Q, S, OUT, N, K, SP, NG, two_d, zb, BITS: tl.constexpr, RT: tl.constexpr):
         pid_t = tl.program_id(0)
         G = tl.program_id(1)
         NF: tl.constexpr = 16 // BITS
-        BLK: tl.constexpr = 64 * BITS
-        r = pid_t * (16 * RT) + tl.arange(0, 16 * RT)[:, None]  # rows
-        j = tl.arange(0, 128)[None, :]  # columns of the group
-        rr = r % 16
-        lane = 4 * (rr // 2) + j // 32
-        w32 = j % 32
-        step = w32 // 4
-        word = 128 * (step // NF) + 4 * lane + 2 * ((w32 // 2) % 2) + rr % 2
-        shift = 16 * (w32 % 2) + BITS * (step % NF)
-        mask = r < N
-        w = tl.load(Q + (r // 16).to(tl.int64) * (NG * BLK) + G * BLK + word, mask=mask, other=0)
-        code = (w >> shift) & ((1 << BITS) - 1)
-        s = tl.load(S + G * SP + r, mask=mask, other=0.0).to(tl.float32)
-        v = s * (code.to(tl.float32) * two_d - zb)
-        tl.store(OUT + r.to(tl.int64) * K + G * 128 + j, v.to(OUT.dtype.element_ty), mask=mask)
+        R: tl.constexpr = 16 * RT
+        r = pid_t * R + tl.arange(0, R)
+        code = block_codes(Q, r, N, G, NG, BITS, R)  # [R, (c, u, r1, f, h)]
+        code = tl.permute(tl.reshape(code, (R, 32 // NF, 2, NF, 2)), (0, 1, 3, 2, 4))  # -> (c, u, f, r1, h)
+        code = tl.reshape(code, (R, 128))
+        mask = r[:, None] < N
+        s = tl.load(S + G * SP + r, mask=r < N, other=0.0).to(tl.float32)  # 1-D: one load per row
+        v = s[:, None] * (code.to(tl.float32) * two_d - zb)
+        j = tl.arange(0, 128)[None, :]
+        tl.store(OUT + r[:, None].to(tl.int64) * K + G * 128 + j, v.to(OUT.dtype.element_ty), mask=mask)
 
 
 def lop3_dequantize(words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int, two_d: float, zb: float,

@@ -1,0 +1,46 @@
+"""Tensor-core matmul on the ``lop3`` layout for the batches its Gluon kernel does not serve
+(more than 8 rows, bf16, the interpreter): per 128-column group, the block's codes are loaded once
+as a [BN, 128] tile in word order (:func:`.lop3_dequant.block_codes`), the activations in the same
+column order, one ``tl.dot`` multiplies them, and the scale and zero are applied to the fp32
+result: sum w·x = s · (2^d · (x · k) - z_b · sum x). Split-K with the in-kernel fixup of
+:func:`.triton_decode.finish_tile`.
+"""
+
+from __future__ import annotations
+
+from .triton_decode import triton
+
+if triton is not None:
+    import triton.language as tl
+
+    from .lop3_dequant import block_codes, word_order_pairs
+    from .triton_decode import finish_tile
+
+    @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
+    def lop3_gemm_kernel(X, stride_xm, Q, S, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K, two_d, zb,
+                         BM: tl.constexpr, BN: tl.constexpr, BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         F32DOT: tl.constexpr, NS: tl.constexpr):
+        """Output tile [BM batch rows, BN weight rows], groups GPS · pid_k .. of the K axis."""
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        rows = pid_n * BN + tl.arange(0, BN)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        xrow = X + offs_m[:, None, None].to(tl.int64) * stride_xm + word_order_pairs(BITS)[None, :, :]
+        mrow = offs_m[:, None, None] < M
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        g0 = pid_k * GPS
+        g1 = tl.minimum(g0 + GPS, NG)
+        for G in tl.range(g0, g1, num_stages=NS):
+            codes = block_codes(Q, rows, N, G, NG, BITS, BN)
+            xv = tl.reshape(tl.load(xrow + G * 128, mask=mrow, other=0.0), (BM, 128))  # in word order
+            if F32DOT:  # the interpreter's bf16 dot is wrong; codes and bf16 values are exact in fp32
+                d = tl.dot(xv.to(tl.float32), tl.trans(codes.to(tl.float32)), input_precision="ieee")
+            else:
+                d = tl.dot(xv, tl.trans(codes.to(xv.dtype)))
+            xs = tl.sum(xv.to(tl.float32), axis=1)
+            s = tl.load(S + G * SP + rows, mask=rows < N, other=0.0).to(tl.float32)
+            acc += s[None, :] * (d * two_d - zb * xs[:, None])
+        tile_id = pid_n * tl.num_programs(1) + pid_m
+        finish_tile(acc, offs_m[:, None], rows[None, :], M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
+                    HAS_BIAS)
