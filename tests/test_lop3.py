@@ -23,14 +23,14 @@ try:
     import triton
     import triton.language as tl
 
-    from matgptq.kernels.lop3_dequant import block_codes, word_order_cols
+    from matgptq.kernels.lop3_dequant import block_words, word_codes, word_order_cols
 
     @triton.jit
     def tile(Q, OUT, COLS, N, NG, BITS: tl.constexpr):
         """Every group's word-order tile of rows 0..31, and the tile's columns."""
         rows = tl.arange(0, 32)
         for G in range(NG):
-            c = block_codes(Q, rows, N, G, NG, BITS, 32)
+            c = word_codes(block_words(Q, rows, N, G, NG, BITS), BITS, 32)
             tl.store(OUT + G * 32 * 128 + rows[:, None] * 128 + tl.arange(0, 128)[None, :], c)
         tl.store(COLS + tl.arange(0, 128), word_order_cols(BITS))
 except ImportError:  # pragma: no cover - machines without triton
@@ -186,8 +186,8 @@ def test_quant_matmul_on_the_lop3_layout(m, bits):
 
 
 def test_word_order_puts_every_code_at_its_column():
-    """The tensor-core kernel's tile order (lop3_dequant.block_codes, word_order_cols) against the
-    layout's definition: position p of row r's tile holds code (r, word_order_cols[p])."""
+    """The tensor-core kernel's tile order (lop3_dequant.block_words, word_codes, word_order_cols)
+    against the layout's definition: position p of row r's tile holds code (r, word_order_cols[p])."""
     if triton is None:
         pytest.skip("needs triton")
     for bits in (2, 4):

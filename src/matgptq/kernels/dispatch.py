@@ -246,15 +246,18 @@ def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.T
     from .lop3_gemm import lop3_gemm_kernel
 
     m, ng = x2.shape[0], pw.k // 128
+    two_d, zb = _lop3_zero(pw, bits)
+    asm = inline_asm_ok()  # v = v0 + k by a lop3 into the mantissa of v0 (1024 in fp16, 128 in bf16)
+    magic, v0 = ((0x64006400, 1024.0) if x2.dtype == torch.float16 else (0x43004300, 128.0)) if asm else (0, 0.0)
     gps = -(-ng // max(1, cfg.split_k))
     split = -(-ng // gps)
     tiles = (-(-pw.n // cfg.bn), -(-m // cfg.bm))
     ws, cnt = _workspace(x2.device, split * m * pw.n if split > 1 else 0, tiles[0] * tiles[1])
     lop3_gemm_kernel[(*tiles, split)](
         x2, x2.stride(0), pw.qweight, pw.scales, out, out.stride(0), bias if bias is not None else out, ws, cnt,
-        m, pw.n, pw.scales.shape[1], ng, gps, split, *_lop3_zero(pw, bits),
+        m, pw.n, pw.scales.shape[1], ng, gps, split, two_d, two_d * v0 + zb,
         BM=cfg.bm, BN=cfg.bn, BITS=bits, HAS_BIAS=bias is not None,
-        F32DOT=interpreting() and x2.dtype == torch.bfloat16, NS=cfg.num_stages,
+        F32DOT=interpreting() and x2.dtype == torch.bfloat16, ASM=asm, MAGIC=magic, NS=cfg.num_stages,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

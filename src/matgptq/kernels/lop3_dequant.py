@@ -1,14 +1,15 @@
-"""The ``lop3`` layout read by plain Triton: a block's codes as a tile (:func:`block_codes`), and
-Ŵ [N, K] from them in one launch (the large-batch path's dequantize before cuBLAS; also the
+"""The ``lop3`` layout read by plain Triton: a block's words as a tile (:func:`block_words`), their
+codes (:func:`word_codes`) or fp16 / bf16 values (:func:`word_values`) in word order, and Ŵ [N, K]
+from them in one launch (the large-batch path's dequantize before cuBLAS; also the
 interpreter's). :mod:`.lop3_gemm` multiplies the same tiles with ``tl.dot``.
 
 A row's 8·nu words of group G are loaded once each, as a [rows, 8·nu] tile in the order
 q = (c·nu + u)·2 + r1 (lop3_pack's names), and every word is expanded into its 2·nf fields by
 the thread that loaded it (position e = 2f + h: field f of half h, bit 16h + b·f, so that
-positions 2i and 2i + 1 are adjacent columns): the [rows, 128] codes come out in *word order*, position
-p = 2·nf·q + e holding column :func:`word_order_cols` [p]. A dot does not
-care about the order of k (the gemm loads the activations in the same order); the dequantize
-puts the columns in place with one register permute, so its stores are whole rows."""
+positions 2i and 2i + 1 are adjacent columns): the [rows, 128] codes come out in *word order*,
+position p = 2·nf·q + e holding column :func:`word_order_cols` [p]. A dot does not care about
+the order of k (the gemm loads the activations in the same order); the dequantize puts the
+columns in place with one register permute, so its stores are whole rows."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ RT = 4  # row tiles per dequantize program
 if triton is not None:
 
     @triton.jit
-    def block_codes(Q, rows, N, G, NG, BITS: tl.constexpr, BN: tl.constexpr):
-        """int32 codes [BN, 128] of group G for ``rows`` (zero past N), in word order."""
+    def block_words(Q, rows, N, G, NG, BITS: tl.constexpr):
+        """The words of group G for ``rows`` (zero past N): [rows, 8·nu] uint32, in the order q."""
         NF: tl.constexpr = 16 // BITS  # fields per 16-bit half
         NU: tl.constexpr = 8 // NF  # word sets
         BLK: tl.constexpr = 64 * BITS  # words per block
@@ -35,28 +36,63 @@ if triton is not None:
         rr = rows[:, None] % 16  # = 2g + r0; lop3_pack: word 128u + 16g + 4c + 2r1 + r0
         word = 128 * u + 8 * (rr - rr % 2) + 4 * c + 2 * r1 + rr % 2
         blk = Q + (rows[:, None] // 16).to(tl.int64) * (NG * BLK) + G * BLK
-        w = tl.load(blk + word, mask=rows[:, None] < N, other=0)
-        codes = tl.join(_fields(w, 0, BITS, NF), _fields(w, 1, BITS, NF))  # [BN, 8nu, f bits.., h]
-        return tl.reshape(codes, (BN, 128))
+        return tl.load(blk + word, mask=rows[:, None] < N, other=0).to(tl.uint32, bitcast=True)
+
+    @triton.jit
+    def _nest(a0, a1, a2, a3, a4, a5, a6, a7, NF: tl.constexpr):
+        """a0..a(NF-1) on new minor axes (log2 NF of them, the index's top bit first). tl.join keeps
+        the joined axis in the thread, so a thread expands whole words; the innermost join makes
+        the most major of the new axes, hence the bit-reversed pairing."""
+        if NF == 4:
+            r = tl.join(tl.join(a0, a2), tl.join(a1, a3))
+        else:
+            r = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+        return r
 
     @triton.jit
     def _field(w, f: tl.constexpr, h: tl.constexpr, BITS: tl.constexpr):
-        return (w >> (16 * h + BITS * f)) & ((1 << BITS) - 1)
+        return (w >> (16 * h + BITS * (f % (16 // BITS)))) & ((1 << BITS) - 1)
 
     @triton.jit
-    def _fields(w, h: tl.constexpr, BITS: tl.constexpr, NF: tl.constexpr):
-        """Fields 0..NF-1 of half h on new minor axes (log2 NF of them, f's top bit first). tl.join
-        keeps the joined axis in the thread, so a thread expands whole words; the innermost join
-        makes the most major of the new axes, hence the bit-reversed pairing."""
-        if NF == 4:
-            a = tl.join(tl.join(_field(w, 0, h, BITS), _field(w, 2, h, BITS)),
-                        tl.join(_field(w, 1, h, BITS), _field(w, 3, h, BITS)))
+    def _half(w, h: tl.constexpr, BITS: tl.constexpr):
+        NF: tl.constexpr = 16 // BITS
+        return _nest(_field(w, 0, h, BITS), _field(w, 1, h, BITS), _field(w, 2, h, BITS), _field(w, 3, h, BITS),
+                     _field(w, 4, h, BITS), _field(w, 5, h, BITS), _field(w, 6, h, BITS), _field(w, 7, h, BITS), NF)
+
+    @triton.jit
+    def word_codes(w, BITS: tl.constexpr, BN: tl.constexpr):
+        """int32 codes [BN, 128] in word order from :func:`block_words`."""
+        return tl.reshape(tl.join(_half(w, 0, BITS), _half(w, 1, BITS)), (BN, 128)).to(tl.int32)
+
+    @triton.constexpr_function
+    def _pair_asm(shift, mask2, magic):
+        return (f"{{ .reg .b32 t; shr.b32 t, $1, {int(shift)}; lop3.b32 $0, t, {int(mask2)}, {int(magic)}, 0xea; }}")
+
+    @triton.jit
+    def _pair(w, f: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, BF16: tl.constexpr):
+        """[..., 2] fp16 (bf16): the fields f of both halves, or-ed into the mantissa of MAGIC (one
+        shift and one lop3 for two codes)."""
+        if BF16:
+            v = tl.inline_asm_elementwise(_pair_asm(BITS * (f % (16 // BITS)), ((1 << BITS) - 1) * 0x10001, MAGIC),
+                                          "=r,r,r", [tl.join(w, w)], dtype=tl.bfloat16, is_pure=True, pack=2)
         else:
-            a = tl.join(tl.join(tl.join(_field(w, 0, h, BITS), _field(w, 4, h, BITS)),
-                                tl.join(_field(w, 2, h, BITS), _field(w, 6, h, BITS))),
-                        tl.join(tl.join(_field(w, 1, h, BITS), _field(w, 5, h, BITS)),
-                                tl.join(_field(w, 3, h, BITS), _field(w, 7, h, BITS))))
-        return a
+            v = tl.inline_asm_elementwise(_pair_asm(BITS * (f % (16 // BITS)), ((1 << BITS) - 1) * 0x10001, MAGIC),
+                                          "=r,r,r", [tl.join(w, w)], dtype=tl.float16, is_pure=True, pack=2)
+        return v
+
+    @triton.jit
+    def word_values(w, BITS: tl.constexpr, BN: tl.constexpr, MAGIC: tl.constexpr, BF16: tl.constexpr):
+        """[BN, 128] fp16 (bf16) values v0 + k in word order (GPU only: inline PTX), where MAGIC is the bits
+        of v0 (doubled) at whose unit the mantissa holds k exactly: fp16 1024, bf16 128."""
+        NF: tl.constexpr = 16 // BITS
+        v = _nest(_pair(w, 0, BITS, MAGIC, BF16), _pair(w, 1, BITS, MAGIC, BF16), _pair(w, 2, BITS, MAGIC, BF16),
+                  _pair(w, 3, BITS, MAGIC, BF16), _pair(w, 4, BITS, MAGIC, BF16), _pair(w, 5, BITS, MAGIC, BF16),
+                  _pair(w, 6, BITS, MAGIC, BF16), _pair(w, 7, BITS, MAGIC, BF16), NF)  # [BN, 8nu, h, f bits..]
+        if NF == 4:
+            v = tl.permute(v, (0, 1, 3, 4, 2))
+        else:
+            v = tl.permute(v, (0, 1, 3, 4, 5, 2))
+        return tl.reshape(v, (BN, 128))
 
     @triton.jit
     def word_order_pairs(BITS: tl.constexpr):
@@ -81,7 +117,7 @@ if triton is not None:
         NF: tl.constexpr = 16 // BITS
         R: tl.constexpr = 16 * RT
         r = pid_t * R + tl.arange(0, R)
-        code = block_codes(Q, r, N, G, NG, BITS, R)  # [R, (c, u, r1, f, h)]
+        code = word_codes(block_words(Q, r, N, G, NG, BITS), BITS, R)  # [R, (c, u, r1, f, h)]
         code = tl.permute(tl.reshape(code, (R, 32 // NF, 2, NF, 2)), (0, 1, 3, 2, 4))  # -> (c, u, f, r1, h)
         code = tl.reshape(code, (R, 128))
         mask = r[:, None] < N

@@ -1,8 +1,10 @@
 """Tensor-core matmul on the ``lop3`` layout for the batches its Gluon kernel does not serve
-(more than 8 rows, bf16, the interpreter): per 128-column group, the block's codes are loaded once
-as a [BN, 128] tile in word order (:func:`.lop3_dequant.block_codes`), the activations in the same
-column order, one ``tl.dot`` multiplies them, and the scale and zero are applied to the fp32
-result: sum w·x = s · (2^d · (x · k) - z_b · sum x). Split-K with the in-kernel fixup of
+(more than 8 rows, bf16, the interpreter): per 128-column group, the block's words are loaded once
+(:func:`.lop3_dequant.block_words`) and expanded to a [BN, 128] tile in word order, the
+activations loaded in the same column order, one ``tl.dot`` multiplies them, and the scale and
+zero are applied to the fp32 result: sum w·x = s · (2^d · (x · v) - (2^d v0 + z_b) · sum x). On a
+GPU v = v0 + k comes from one shift and one lop3 per pair of codes (v0 = 1024 in fp16, 128 in
+bf16: the mantissa's unit is 1 there); the interpreter converts the codes (v0 = 0). Split-K with the in-kernel fixup of
 :func:`.triton_decode.finish_tile`.
 """
 
@@ -13,13 +15,13 @@ from .triton_decode import triton
 if triton is not None:
     import triton.language as tl
 
-    from .lop3_dequant import block_codes, word_order_pairs
+    from .lop3_dequant import block_words, word_codes, word_order_pairs, word_values
     from .triton_decode import finish_tile
 
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
-    def lop3_gemm_kernel(X, stride_xm, Q, S, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K, two_d, zb,
+    def lop3_gemm_kernel(X, stride_xm, Q, S, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K, two_d, zv,
                          BM: tl.constexpr, BN: tl.constexpr, BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         F32DOT: tl.constexpr, NS: tl.constexpr):
+                         F32DOT: tl.constexpr, ASM: tl.constexpr, MAGIC: tl.constexpr, NS: tl.constexpr):
         """Output tile [BM batch rows, BN weight rows], groups GPS · pid_k .. of the K axis."""
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -32,15 +34,17 @@ if triton is not None:
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
         for G in tl.range(g0, g1, num_stages=NS):
-            codes = block_codes(Q, rows, N, G, NG, BITS, BN)
+            w = block_words(Q, rows, N, G, NG, BITS)
             xv = tl.reshape(tl.load(xrow + G * 128, mask=mrow, other=0.0), (BM, 128))  # in word order
             if F32DOT:  # the interpreter's bf16 dot is wrong; codes and bf16 values are exact in fp32
-                d = tl.dot(xv.to(tl.float32), tl.trans(codes.to(tl.float32)), input_precision="ieee")
+                d = tl.dot(xv.to(tl.float32), tl.trans(word_codes(w, BITS, BN).to(tl.float32)), input_precision="ieee")
+            elif ASM:  # v0 + k from one shift and one lop3 per pair
+                d = tl.dot(xv, tl.trans(word_values(w, BITS, BN, MAGIC, MAGIC == 0x43004300)))
             else:
-                d = tl.dot(xv, tl.trans(codes.to(xv.dtype)))
+                d = tl.dot(xv, tl.trans(word_codes(w, BITS, BN).to(xv.dtype)))
             xs = tl.sum(xv.to(tl.float32), axis=1)
             s = tl.load(S + G * SP + rows, mask=rows < N, other=0.0).to(tl.float32)
-            acc += s[None, :] * (d * two_d - zb * xs[:, None])
+            acc += s[None, :] * (d * two_d - zv * xs[:, None])  # zv = 2^d v0 + z_b
         tile_id = pid_n * tl.num_programs(1) + pid_m
         finish_tile(acc, offs_m[:, None], rows[None, :], M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
                     HAS_BIAS)
