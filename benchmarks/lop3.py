@@ -111,7 +111,7 @@ def time_point(n, k, bits, m, bw, fp16_cache):
 
 def sass_counts(out=None):
     """Compile the library's lop3 kernel for sm_90 without a GPU (Triton >= 3.5) and count the
-    instructions of its group loop per weight (kernel_sass.py's reading), batch 1 and 8, with bias."""
+    instructions of its group loop per weight (kernel_sass.py's reading), batch 1, 8 and 16, with bias."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -125,7 +125,7 @@ def sass_counts(out=None):
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32"}
     for bits in (2, 4):
-        for m in (1, 8):
+        for m in (1, 8, 16):
             cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
                        **K.launch_consts(bits, 4, 4, 16, m))
             sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
@@ -135,7 +135,8 @@ def sass_counts(out=None):
                                  attrs=attrs)
             comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
             K.check_window(comp)
-            regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4)
+            hb = 2 if m > 8 else 1  # rows 8-15: a second set of mmas on the same decoded pairs
+            regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4 * hb)
             per = sum(mix.values()) / (4 * 16 * 128 / 32)  # 4 groups a loop trip, 64 weights a thread each
             rows.append(dict(bits=bits, batch=m, registers=regs, per_weight=round(per, 3)))
             print(f"lop3 kernel {bits}-bit batch {m}: {regs} registers, {per:.2f} instructions per weight", flush=True)

@@ -20,8 +20,7 @@ GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batc
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
-LOP3_CHUNK_M = 8  # the lop3 layout's Gluon kernel: up to 8 rows a launch
-LOP3_MAX_M = 16  # and two launches up to 16 (the tuner weighs them against the tensor-core kernel)
+LOP3_MAX_M = 16  # the lop3 layout's Gluon kernel: up to 16 rows (one launch)
 LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
@@ -187,7 +186,7 @@ def gemm_heuristic(n: int, k_steps: int, m: int, sms: int) -> KernelConfig:
 def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int) -> bool:
     from .lop3_kernel import shared_bytes
 
-    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), min(m, 8)) <= LOP3_SHARED
+    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), min(m, LOP3_MAX_M)) <= LOP3_SHARED
 
 
 def _lop3_splits(groups: int) -> list[int]:
@@ -197,10 +196,10 @@ def _lop3_splits(groups: int) -> list[int]:
 
 def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> KernelConfig:
     """The lop3 layout's launch where no table entry or tuner says otherwise: with ``kernel`` (its
-    Gluon kernel serves this call) up to 8 rows, the lop3 kernel (H200 measurements: 2 warps up to
+    Gluon kernel serves this call) up to LOP3_MAX_M rows, the lop3 kernel (H200 measurements: 2 warps up to
     8192 rows, else 4; 4 stages; about eight programs per SM); else the tensor-core kernel up to
     DOT_MAX_M rows, then dequantize + cuBLAS."""
-    if not kernel or m > LOP3_CHUNK_M:
+    if not kernel or m > LOP3_MAX_M:
         return gemm_heuristic(n, groups, m, sms)
     warps = next(w for w in ((2, 4, 1) if n <= 8192 else (4, 2, 1)) if n % (16 * w) == 0)
     ok = [d for d in _lop3_splits(groups) if _lop3_split_ok(n, groups, m, bits, warps, 4, d)] or [groups]
@@ -211,18 +210,18 @@ def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: boo
 
 def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> list[KernelConfig]:
     """What the autotuner tries on the lop3 layout. With ``kernel``, up to LOP3_MAX_M rows, the lop3
-    kernel: 1, 2 or 4 warps, 4 stages (and 6, 8 at 2 bits, where a group is only 512 bytes a warp
-    and more of them in flight may pay), the splits that put 3-16 programs on each SM. From 9 rows
-    also the tensor-core kernel (:func:`gemm_candidates`)."""
+    kernel: 1, 2 or 4 warps, 4 stages (2, 6 and 8 never paid on the H200, 6 and 8 not even at 2 bits,
+    where a group is only 512 bytes a warp), the splits that put 3-16 programs on each SM. From 9
+    rows also the tensor-core kernel (:func:`gemm_candidates`)."""
     out = []
     if kernel and m <= LOP3_MAX_M:
         for w in (1, 2, 4):
-            for st in (4, 6, 8) if bits == 2 else (4,):
+            for st in (4,):
                 for d in _lop3_splits(groups):
                     progs = n // (16 * w) * d
                     if 3 * sms <= progs <= 16 * sms and _lop3_split_ok(n, groups, m, bits, w, st, d):
                         out.append(KernelConfig("lop3", bn=16 * w, split_k=d, num_warps=w, num_stages=st))
-    if m > LOP3_CHUNK_M or not kernel:
+    if m > 8 or not kernel:
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]
 

@@ -3,10 +3,9 @@
 CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
 batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
-configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 8 on
-a GPU (:mod:`.lop3_kernel`, Gluon; two launches up to 16 where the tuner finds them faster), its
-``tl.dot`` kernel (:mod:`.lop3_gemm`) for larger batches, bf16 and the interpreter, and dequantize
-+ cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
+configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 16
+on a GPU (:mod:`.lop3_kernel`, Gluon), its ``tl.dot`` kernel (:mod:`.lop3_gemm`) for larger
+batches, bf16 and the interpreter, and dequantize + cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -222,7 +221,7 @@ def _lop3_zero(pw: PackedWeight, bits: int) -> tuple[float, float]:
 
 def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
                 cfg: KernelConfig) -> torch.Tensor:
-    """Batches of up to 8 rows in one launch, 9-16 in two (rows 0-7, then the rest)."""
+    """Batches of up to 16 rows, in one launch."""
     from . import lop3_kernel
 
     if not lop3_supported(x2, pw):
@@ -232,13 +231,9 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     two_d, zb = _lop3_zero(pw, bits)
     ng = pw.k // 128
     split = -(-ng // -(-ng // cfg.split_k))
-    m8 = min(x2.shape[0], lop3_kernel.MAX_M)
-    ws, cnt = _workspace(x2.device, split * m8 * pw.n if split > 1 else 0, pw.n // 16)
-    for r0 in range(0, x2.shape[0], lop3_kernel.MAX_M):
-        lop3_kernel.launch_lop3(x2[r0:r0 + lop3_kernel.MAX_M], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
-                                out[r0:r0 + lop3_kernel.MAX_M], bias, ws, cnt, cfg.num_warps, cfg.num_stages,
-                                cfg.split_k)
-    return out
+    ws, cnt = _workspace(x2.device, split * x2.shape[0] * pw.n if split > 1 else 0, pw.n // 16)
+    return lop3_kernel.launch_lop3(x2, pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb, out, bias, ws, cnt,
+                                   cfg.num_warps, cfg.num_stages, cfg.split_k)
 
 
 def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,

@@ -1,4 +1,4 @@
-"""The ``lop3`` layout's batch 1-8 kernel (Gluon, CUDA only): y = x · Ŵᵀ for fp16 x.
+"""The ``lop3`` layout's batch 1-16 kernel (Gluon, CUDA only): y = x · Ŵᵀ for fp16 x.
 
 Each warp decodes one row tile (16 rows); a program has NW of them and a range of GPS groups of
 the K axis (split-K: partial sums in a workspace, the last program of a tile adds them up in
@@ -9,7 +9,8 @@ needed in the loop. The program's activations are copied into shared memory once
 (one barrier), 288 bytes per batch row (16 bytes of padding after each half row, so that one
 16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
 batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
-on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32.
+on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32;
+batches of 9-16 rows (HB) repeat the mmas for rows 8-15 on the same decoded pairs.
 
 Symmetric grids only (one zero for the whole slice, a compile-time constant).
 Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
@@ -72,7 +73,9 @@ if gluon is not None:
     @gluon.jit
     def group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
                    ONE_ROW: gl.constexpr):
-        """One 128-column group: the offset mma, the code mmas and the group's end."""
+        """One 128-column group of one batch half (x0..x3: its activations): the offset mma, the
+        code mmas and the group's end. The second half's call repeats the decode's lop3s with the
+        same operands; ptxas computes them once (the asm is plain PTX to it)."""
         p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, acc, True)
         p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
         p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
@@ -102,32 +105,45 @@ if gluon is not None:
         return gl.load(AQ + e + ta * 0), gl.load(AQ + 4 + e + ta * 0), gl.load(AQ + 8 + e + ta * 0)
 
     @gluon.jit
-    def finish(acc, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
-               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr):
+    def _store(tot, ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr):
+        if TWO_D != 1.0:
+            tot = tot * TWO_D
+        if HAS_BIAS:
+            tot += gl.load(BIAS + orow, mask=mask, other=0.0).to(gl.float32)
+        gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+
+    @gluon.jit
+    def _sum_partials(acc, ws, mask, M, N, SPLIT_K):
+        tot = gl.zeros_like(acc)
+        for k in range(SPLIT_K):
+            tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+        return tot
+
+    @gluon.jit
+    def finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
+               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr):
         """Without split-K: times TWO_D (+ bias), stored as fp16. With it: the partial to the
-        workspace, a counter per program, the last program sums the partials in order and stores."""
+        workspace, a counter per program, the last program sums the partials in order and stores.
+        HB: acc2 holds batch rows 8-15 (columns ocol + 8)."""
         mask = (ocol < M) & (orow < N)
+        mask2 = (ocol + 8 < M) & (orow < N)
         if SPLIT_K == 1:
-            tot = acc
-            if TWO_D != 1.0:
-                tot = tot * TWO_D
-            if HAS_BIAS:
-                tot += gl.load(BIAS + orow, mask=mask, other=0.0).to(gl.float32)
-            gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+            _store(acc, ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
+            if HB:
+                _store(acc2, ocol + 8, orow, mask2, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
         else:
             ws = WS + ocol * N + orow
             gl.store(ws + pid_k * M * N, acc, mask=mask)
+            if HB:
+                gl.store(ws + 8 * N + pid_k * M * N, acc2, mask=mask2)
             gl.thread_barrier()
             old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
             if old == SPLIT_K - 1:
-                tot = gl.zeros_like(acc)
-                for k in range(SPLIT_K):
-                    tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-                if TWO_D != 1.0:
-                    tot = tot * TWO_D
-                if HAS_BIAS:
-                    tot += gl.load(BIAS + orow, mask=mask, other=0.0).to(gl.float32)
-                gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
+                _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K), ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS,
+                       TWO_D)
+                if HB:
+                    _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K), ocol + 8, orow, mask2, OUT,
+                           stride_om, BIAS, HAS_BIAS, TWO_D)
                 gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
 
     @gluon.jit
@@ -204,11 +220,12 @@ if gluon is not None:
                                          is_pure=False, pack=1)
 
     @gluon.jit
-    def _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK: gl.constexpr, BITS: gl.constexpr,
-              ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr, CH: gl.constexpr,
-              XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, i: gl.constexpr):
+    def _step(Q, S, qo, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
+              BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
+              CH: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, HB: gl.constexpr,
+              i: gl.constexpr):
         """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
-        group G + STAGES - 1, decode."""
+        group G + STAGES - 1, decode; with HB, batch rows 8-15 too (activations at xg2, into acc2)."""
         base = bases + wait_copies(STAGES - 2, bases)
         w0 = read16(base, i * CH * NT * 16)
         w1 = w0
@@ -219,15 +236,23 @@ if gluon is not None:
         x2 = read16(xg, i * XR * XS + 32)
         x3 = read16(xg, i * XR * XS + 48)
         s = read_scales(base, SOFF + i * NT * 4)
+        if HB:
+            y0 = read16(xg2, i * XR * XS)
+            y1 = read16(xg2, i * XR * XS + 16)
+            y2 = read16(xg2, i * XR * XS + 32)
+            y3 = read16(xg2, i * XR * XS + 48)
         issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-        return group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+        acc = group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+        if HB:
+            acc2 = group_math(w0, w1, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False)
+        return acc, acc2
 
     @gluon.jit
     def lop3_kernel(X, stride_xm, Q, S, AQ, OUT, stride_om, BIAS, WS, CNT, M, N, SP, NG, GPS, SPLIT_K,
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant."""
@@ -255,24 +280,28 @@ if gluon is not None:
             issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
         wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         gl.thread_barrier()  # and for every thread
-        xl = smem_base(e) + XOFF + gl.minimum(g, M - 1) * XS + c * 64 + c // 2 * ((XS - 256) // 2)
+        xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2)
+        xl = xc + gl.minimum(g, M - 1) * XS  # batch row g (the mma's column), rows past M read row M - 1
+        xl2 = xc + gl.minimum(g + 8, M - 1) * XS  # HB: batch row g + 8
         acc = gl.zeros([NW, 128], gl.float32, LY)
+        acc2 = acc
         for G0 in range(g0, g1, STAGES):
             xg = xl + (G0 - g0) * (XR * XS)
+            xg2 = xl2 + (G0 - g0) * (XR * XS)
             for i in gl.static_range(STAGES):
                 G = G0 + i
                 if G < g1:
-                    acc = _step(Q, S, qo, so, G, g1, SP, bases, xg, acc, q64, q16, q4, BLK, BITS, ZCK, ONE_ROW,
-                                STAGES, NT, CH, XR, SOFF, XS, i)
+                    acc, acc2 = _step(Q, S, qo, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
+                                      ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
         wait_copies(0, e)
         gl.thread_barrier()
         res.slice(0, NT).store(z1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
-        finish(acc, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D)
+        finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D, HB)
 
 
-MAX_M = 8  # batch rows per launch: the eight columns of one m16n8k16
+MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
 XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
 
 
@@ -286,7 +315,7 @@ def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int) -> dict:
     gmax, xr = _pow2(gps), _pow2(m)
     soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * XS_PADDED)
     return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words,
-                XS=XS_PADDED)
+                XS=XS_PADDED, HB=m > 8)
 
 
 def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int) -> int:
@@ -321,13 +350,13 @@ def _quads_on(device: torch.device) -> torch.Tensor:
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
                 cnt: torch.Tensor, warps: int, stages: int, split_k: int) -> torch.Tensor:
-    """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 8 fp16 rows (``scales``:
+    """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
     N / (16 · warps) zeroed counters (the kernel leaves them zero)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
-                         f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which splits the batch "
-                         "and serves other dtypes by dequantize + cuBLAS")
+                         f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
+                         "batches and other dtypes with the lop3 layout's tensor-core kernel")
     m = x2.shape[0]
     ng = k // 128
     gps = -(-ng // split_k)
