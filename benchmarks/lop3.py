@@ -59,7 +59,12 @@ def check(n=512, k=2048):
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))]
                     for cfg in cfgs:
                         out = torch.full((m, n), float("nan"), device="cuda", dtype=dt)
-                        run_config(cfg, x, pw, bits, out, bias)
+                        try:
+                            run_config(cfg, x, pw, bits, out, bias)
+                        except Exception as e:  # a launch that does not compile fails the check, not the run
+                            fails.append((bits, rule, m, str(dt)[6:], bias is not None, cfg.key(), repr(e)[:200]))
+                            worst = float("inf")
+                            continue
                         ref = x.double().cpu() @ w.t() + (0 if bias is None else bias.double().cpu())
                         err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
                         if not torch.isfinite(out).all() or err > (2e-3 if dt == torch.float16 else 1e-2):
@@ -80,8 +85,11 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     cands = configs.lop3_candidates(n, k // 128, m, sms, bits)
     tried = {}
     for cfg in cands:
-        tried[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
-                                                for p, o in zip(lops, outs)]), 2)
+        try:
+            tried[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
+                                                    for p, o in zip(lops, outs)]), 2)
+        except Exception as e:  # as the autotuner does: a candidate that does not compile is skipped
+            print(f"  {cfg.key()} skipped: {repr(e)[:120]}", flush=True)
     best = min(tried, key=tried.get)
     fcfg = choose_config(x, fx0, bits)
     fixed_t = kb.graph_time([lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None) for p, o in zip(fixs, outs)])
