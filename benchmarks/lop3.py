@@ -6,10 +6,11 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
 
 Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
-without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 33 and 100 and bf16 batches 9 and 33 (the
-dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the tuner's
-candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
-stages, splits 1-16, one that leaves a short last range) at batches 3 and 9. Timings: every lop3 launch the tuner would try (each point's
+without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
+(the dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the
+tuner's candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
+stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8 rows) at batches
+3, 9 and 20. Timings: every lop3 launch the tuner would try (each point's
 best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
 rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
@@ -47,16 +48,17 @@ def check(n=512, k=2048):
         for rule in ("round", "nested"):
             pw, (q, s, z) = kb.make_packed(n, k, bits, "lop3", rule, 128, seed=bits)
             w = dequantize(q.cpu(), s.cpu(), z.cpu(), 8, bits, rule, 128, torch.float64)
-            for m, dt in [(m, torch.float16) for m in (1, 2, 3, 5, 7, 8, 9, 16, 33, 100)] + [(9, torch.bfloat16),
-                                                                                              (33, torch.bfloat16)]:
+            for m, dt in [(m, torch.float16) for m in (1, 2, 3, 5, 7, 8, 9, 16, 20, 33, 100)] + [(9, torch.bfloat16),
+                                                                                                  (33, torch.bfloat16)]:
                 x = torch.randn(m, k, device="cuda").to(dt)
                 for bias in (None, torch.randn(n, device="cuda").to(dt)):
                     cfgs = [choose_config(x, pw, bits, bias)]
                     if m in (3, 9, 33) and bias is None:  # more launch shapes: warps, stages, splits
                         cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16)
-                    if m in (3, 9) and bias is None and dt == torch.float16:
-                        cfgs += [KernelConfig("lop3", split_k=sk, num_warps=w, num_stages=st)
-                                 for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))]
+                    if m in (3, 9, 20) and bias is None and dt == torch.float16:
+                        cfgs += [KernelConfig("lop3", bm=bm, split_k=sk, num_warps=w, num_stages=st)
+                                 for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))
+                                 for bm in ((16, 8) if m > 8 else (16,))]
                     for cfg in cfgs:
                         out = torch.full((m, n), float("nan"), device="cuda", dtype=dt)
                         try:

@@ -239,7 +239,7 @@ def test_lop3_refuses_what_it_cannot_hold(kwargs, match):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel needs a GPU")
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 8, 9, 16, 20])
 def test_lop3_kernel_on_gpu(m):
     from matgptq.kernels.configs import KernelConfig
     from matgptq.kernels.dispatch import run_config
@@ -248,9 +248,36 @@ def test_lop3_kernel_on_gpu(m):
     pw = pw.with_buffers(pw.qweight.cuda(), pw.scales.cuda(), None)
     x = torch.randn(m, 2048, device="cuda").half()
     for cfg in (KernelConfig("lop3", split_k=1, num_warps=4, num_stages=4),
-                KernelConfig("lop3", split_k=4, num_warps=2, num_stages=2)):
+                KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2)):
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
         run_config(cfg, x, pw, 4, out, None)
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
+
+
+@pytest.mark.parametrize("n,k", [(4096, 14336), (16384, 16384), (512, 2048)])
+@pytest.mark.parametrize("m", [1, 8, 16, 20, 32, 33])
+def test_lop3_launches_fit_their_shared_memory(n, k, m):
+    """Every lop3 launch the heuristic or the tuner picks holds its rings and the activations of
+    one launch's rows (bm) in LOP3_SHARED and whole row tiles; past LOP3_MAX_M rows, or where the
+    Gluon kernel cannot serve the call, only the tensor-core kernel and cuBLAS are offered."""
+    from matgptq.kernels import configs
+    from matgptq.kernels.lop3_kernel import shared_bytes
+
+    groups = k // 128
+    for kernel in (True, False):
+        cands = configs.lop3_candidates(n, groups, m, 132, 4, kernel)
+        chosen = configs.lop3_heuristic(n, groups, m, 132, 4, kernel)
+        for cfg in cands + [chosen]:
+            if cfg.kind != "lop3":
+                continue
+            assert kernel and m <= configs.LOP3_MAX_M, cfg.key()
+            gps = -(-groups // cfg.split_k)
+            assert shared_bytes(4, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm)) <= configs.LOP3_SHARED
+            assert n % cfg.bn == 0 and cfg.bn == 16 * cfg.num_warps
+        kinds = {c.kind for c in cands}
+        if kernel and m <= configs.LOP3_MAX_M:
+            assert chosen.kind == "lop3" and "lop3" in kinds
+        else:
+            assert chosen.kind in ("gemm", "cublas") and kinds <= {"gemm", "cublas"}

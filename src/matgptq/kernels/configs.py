@@ -20,7 +20,7 @@ GEMV_TRY_M = 8  # the autotuner still tries the CUDA-core kernel up to this batc
 MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of one or two m16n8k16
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
-LOP3_MAX_M = 16  # the lop3 layout's Gluon kernel: up to 16 rows (one launch)
+LOP3_MAX_M = 32  # the lop3 layout's Gluon kernel: up to 16 rows a launch, two launches up to 32
 LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
@@ -50,9 +50,11 @@ class KernelConfig:
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
-        if self.kind == "lop3" and (self.num_stages not in (2, 3, 4, 6, 8) or self.num_warps not in (1, 2, 4, 8)):
-            raise ValueError(f"num_stages={self.num_stages}, num_warps={self.num_warps} with kind='lop3': use 2, 3, 4, 6 "
-                             "or 8 stages (groups in flight + 1) and 1, 2, 4 or 8 warps (row tiles per program)")
+        if self.kind == "lop3" and (self.num_stages not in (2, 3, 4, 6, 8) or self.num_warps not in (1, 2, 4, 8)
+                                    or self.bm not in (8, 16)):
+            raise ValueError(f"num_stages={self.num_stages}, num_warps={self.num_warps}, bm={self.bm} with kind='lop3': "
+                             "use 2, 3, 4, 6 or 8 stages (groups in flight + 1), 1, 2, 4 or 8 warps (row tiles per "
+                             "program) and bm 16 or 8 (batch rows per launch)")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
@@ -184,9 +186,11 @@ def gemm_heuristic(n: int, k_steps: int, m: int, sms: int) -> KernelConfig:
 
 
 def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int) -> bool:
+    """The launch fits: whole row tiles, and the rings plus the activations of ``m`` rows (one
+    launch's) in LOP3_SHARED."""
     from .lop3_kernel import shared_bytes
 
-    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), min(m, LOP3_MAX_M)) <= LOP3_SHARED
+    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), m) <= LOP3_SHARED
 
 
 def _lop3_splits(groups: int) -> list[int]:
@@ -196,32 +200,41 @@ def _lop3_splits(groups: int) -> list[int]:
 
 def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> KernelConfig:
     """The lop3 layout's launch where no table entry or tuner says otherwise: with ``kernel`` (its
-    Gluon kernel serves this call) up to LOP3_MAX_M rows, the lop3 kernel (H200 measurements: 2 warps up to
-    8192 rows, else 4; 4 stages; about eight programs per SM); else the tensor-core kernel up to
-    DOT_MAX_M rows, then dequantize + cuBLAS."""
+    Gluon kernel serves this call) up to LOP3_MAX_M rows, the lop3 kernel (H200 measurements: 2
+    warps up to 8192 rows, else 4; 4 stages; about eight programs per SM; launches of 16 rows
+    where their activations fit, else of 8); else the tensor-core kernel up to DOT_MAX_M rows,
+    then dequantize + cuBLAS."""
     if not kernel or m > LOP3_MAX_M:
         return gemm_heuristic(n, groups, m, sms)
     warps = next(w for w in ((2, 4, 1) if n <= 8192 else (4, 2, 1)) if n % (16 * w) == 0)
-    ok = [d for d in _lop3_splits(groups) if _lop3_split_ok(n, groups, m, bits, warps, 4, d)] or [groups]
     target = 8 * sms
-    split = min(ok, key=lambda d: abs(n // (16 * warps) * d - target))
-    return KernelConfig("lop3", bn=16 * warps, split_k=split, num_warps=warps, num_stages=4)
+    for bm in (16, 8):  # launches of 16 rows, else of 8 (less shared memory a program)
+        top = 32 * sms if bm == 16 and m > 8 else 1 << 30
+        ok = [d for d in _lop3_splits(groups) if _lop3_split_ok(n, groups, min(m, bm), bits, warps, 4, d)
+              and n // (16 * warps) * d <= top]
+        if ok or bm == 8:
+            split = min(ok or [groups], key=lambda d: abs(n // (16 * warps) * d - target))
+            return KernelConfig("lop3", bm=bm, bn=16 * warps, split_k=split, num_warps=warps, num_stages=4)
 
 
 def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> list[KernelConfig]:
     """What the autotuner tries on the lop3 layout. With ``kernel``, up to LOP3_MAX_M rows, the lop3
-    kernel: 1, 2 or 4 warps, 4 stages (2, 6 and 8 never paid on the H200, 6 and 8 not even at 2 bits,
-    where a group is only 512 bytes a warp), the splits that put 3-16 programs on each SM. From 9
-    rows also the tensor-core kernel (:func:`gemm_candidates`)."""
+    kernel: 1, 2 or 4 warps, 4 stages (2, 6 and 8 never paid on the H200, 6 and 8 not even at 2
+    bits, where a group is only 512 bytes a warp), the splits that put 3-16 programs on each SM
+    (up to 32 for launches of 16 rows, whose activations need shorter K ranges); from 9 rows also
+    launches of 8 rows (bm=8: 16 rows of activations may not fit the long K ranges of few-split
+    launches). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
+    (:func:`gemm_candidates`)."""
     out = []
     if kernel and m <= LOP3_MAX_M:
-        for w in (1, 2, 4):
-            for st in (4,):
+        for bm in (16, 8) if m > 8 else (16,):
+            for w in (1, 2, 4):
+                top = 32 if bm == 16 and m > 8 else 16  # 16 rows: shorter K ranges, for their activations
                 for d in _lop3_splits(groups):
                     progs = n // (16 * w) * d
-                    if 3 * sms <= progs <= 16 * sms and _lop3_split_ok(n, groups, m, bits, w, st, d):
-                        out.append(KernelConfig("lop3", bn=16 * w, split_k=d, num_warps=w, num_stages=st))
-    if m > 8 or not kernel:
+                    if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, 4, d):
+                        out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=4))
+    if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]
 

@@ -3,9 +3,9 @@
 CUDA (or the Triton interpreter, ``backend="triton"``): the warp-level mma kernel for fp16
 batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, the tensor-core
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
-configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 16
-on a GPU (:mod:`.lop3_kernel`, Gluon), its ``tl.dot`` kernel (:mod:`.lop3_gemm`) for larger
-batches, bf16 and the interpreter, and dequantize + cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
+configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 32
+on a GPU (:mod:`.lop3_kernel`, Gluon; 16 rows a launch), its ``tl.dot`` kernel (:mod:`.lop3_gemm`)
+for larger batches, bf16 and the interpreter, and dequantize + cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
 
 def lop3_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
     """The lop3 layout's kernel: a GPU (not the interpreter), Triton with Gluon, fp16 activations,
-    at most 16 rows, rows 16-byte aligned (the activations are copied 16 bytes at a time)."""
+    at most LOP3_MAX_M rows, rows 16-byte aligned (the activations are copied 16 bytes at a time)."""
     from .lop3_kernel import gluon_available
 
     return (pw.layout == "lop3" and x2.is_cuda and not interpreting() and gluon_available()
@@ -221,7 +221,8 @@ def _lop3_zero(pw: PackedWeight, bits: int) -> tuple[float, float]:
 
 def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
                 cfg: KernelConfig) -> torch.Tensor:
-    """Batches of up to 16 rows, in one launch."""
+    """Batches of up to 32 rows in launches of ``cfg.bm`` rows: 16 (one launch up to 16 rows), or 8
+    (where the activations of 16 rows would not leave the programs enough shared memory)."""
     from . import lop3_kernel
 
     if not lop3_supported(x2, pw):
@@ -231,9 +232,12 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     two_d, zb = _lop3_zero(pw, bits)
     ng = pw.k // 128
     split = -(-ng // -(-ng // cfg.split_k))
-    ws, cnt = _workspace(x2.device, split * x2.shape[0] * pw.n if split > 1 else 0, pw.n // 16)
-    return lop3_kernel.launch_lop3(x2, pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb, out, bias, ws, cnt,
-                                   cfg.num_warps, cfg.num_stages, cfg.split_k)
+    per = min(cfg.bm, lop3_kernel.MAX_M)
+    ws, cnt = _workspace(x2.device, split * min(per, x2.shape[0]) * pw.n if split > 1 else 0, pw.n // 16)
+    for r0 in range(0, x2.shape[0], per):
+        lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
+                                out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k)
+    return out
 
 
 def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
