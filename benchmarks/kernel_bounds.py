@@ -9,7 +9,7 @@ instruction but reads a stream from the program's first k-tiles on every iterati
 first it hits in L1 / L2: bit 0 the activations, bit 1 the codes, bit 2 the scales and zeros.
 If "all cached" is close to "as is", the instructions and their dependency chains set the time,
 not the memory; if "codes cached" is far below it, the code stream does. Rotating weight copies
-and CUDA graphs as in ``kernels.py``; "plain read" is its streaming read of the same bytes.
+and CUDA graphs as in ``kernel_bench.py``; "plain read" is its streaming read of the same bytes.
 Prints a table and writes ``kernel_bounds_TAG.json``.
 """
 
@@ -24,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernels as kb  # noqa: E402  (the benchmark's packing, timing and read helpers)
+import kernel_bench as kb  # noqa: E402  (the benchmark's packing, timing and read helpers)
 
 VARIANTS = {"as is": 0, "x cached": 1, "codes cached": 2, "scales cached": 4, "x+codes cached": 3,
             "all cached": 7}

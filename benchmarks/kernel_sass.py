@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--bits", default="2,3,4,6,8")
     ap.add_argument("--layouts", default="fixed")
     ap.add_argument("--rule", default="round", choices=["round", "nested"],
-                    help="slicing rule (benchmarks/kernels.py times nested codes)")
+                    help="slicing rule (benchmarks/kernel_bench.py times nested codes)")
     ap.add_argument("--max-regs", type=int, default=0, help="register cap (Triton's maxnreg; 0: the compiler's choice)")
     ap.add_argument("--units-outer", type=int, default=0, help="mma: 1 runs the byte lanes inside the unit loop")
     ap.add_argument("--diag", type=int, default=0, help="mma: kernel_bounds.py's switch, streams read from the first "

@@ -14,7 +14,7 @@ stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8
 best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
 rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
-CUDA graph as ``kernels.py`` does. ``pct_copy``: bytes (codes, scales, activations, output) per
+CUDA graph as ``kernel_bench.py`` does. ``pct_copy``: bytes (codes, scales, activations, output) per
 second against the copy bandwidth measured in the run.
 """
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import kernels as kb  # noqa: E402  (graph timing, copy bandwidth, packing helpers)
+import kernel_bench as kb  # noqa: E402  (graph timing, copy bandwidth, packing helpers)
 
 from matgptq.kernels import configs  # noqa: E402
 from matgptq.kernels.configs import KernelConfig  # noqa: E402
@@ -202,8 +202,8 @@ def main():
                 row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache)
                 rows.append(row)
                 tuned[key] = cfg.__dict__.copy()
-                print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) {row['config']:28s} "
-                      f"fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  fp16 {row['fp16_us']:8.2f}  "
+                print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) "
+                      f"{row['config']:28s} fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  fp16 {row['fp16_us']:8.2f}  "
                       f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}", flush=True)
                 if args.out:  # after every point: a run cut off keeps what it measured
                     save(args.out, args.tag, dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst,

@@ -1,7 +1,8 @@
 """The lop3 layout: packing against a slow per-element reference, the decode PTX against its
 definition (a small interpreter of the instructions it uses), the Triton tile reader, dequantize
-and tensor-core kernels under TRITON_INTERPRET=1 and QuantLinear against float64. The Gluon matmul kernel runs only on a GPU
-(test_lop3_kernel_on_gpu, and benchmarks/lop3.py's checks)."""
+and tensor-core kernels under TRITON_INTERPRET=1 and QuantLinear against float64, the launches'
+shared-memory fit. The Gluon matmul kernel runs only on a GPU (test_lop3_kernel_on_gpu, with
+TRITON_INTERPRET=0, and benchmarks/lop3.py's checks)."""
 
 import os
 

@@ -379,7 +379,7 @@ def scaling(args):
     """Time against K at a fixed grid (N rows, split SK): the intercept is what a launch costs
     before and after its groups (launch, prologue, split-K finish), the slope a group's cost; with
     DIAG 1 (no math), 2 (no code copies), 3 (neither) and a plain read of the same bytes."""
-    import kernels as kb
+    import kernel_bench as kb
 
     n, sk, w, st = (int(v) for v in args.scaling.split(":"))
     rows = []

@@ -327,7 +327,7 @@ def compare(args, runner, checks, configs, name):
     """NaN-poisoned checks against float64 (launches ``checks``: (warps, stages, split_k)), then
     batch-1 timings against the library on ``args.shapes`` (``configs(n, groups)``: the launches
     tried); prints a table and writes lop3_NAME_TAG.json."""
-    import kernels as kb
+    import kernel_bench as kb
 
     from matgptq.kernels.dispatch import choose_config, run_config
 

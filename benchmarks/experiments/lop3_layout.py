@@ -580,7 +580,7 @@ def main():
         check_gpu()
         return
     if args.diagnose:
-        import kernels as kb
+        import kernel_bench as kb
 
         res = []
         for shape in args.shapes.split(","):
@@ -652,7 +652,7 @@ def check_small():
 
 
 def gpu_main(args):
-    import kernels as kb  # benchmarks/kernels.py: timing, copies, plain read
+    import kernel_bench as kb  # benchmarks/kernel_bench.py: timing, copies, plain read
 
     from matgptq.kernels.dispatch import choose_config, run_config
 

@@ -5,7 +5,8 @@ batches up to 16 (:mod:`.mma`), the CUDA-core kernel for other small batches, th
 ``tl.dot`` kernel for larger ones, and dequantize + cuBLAS for very large ones, each with a tuned
 configuration (:mod:`.configs`). The ``lop3`` layout: its own kernel for fp16 batches up to 32
 on a GPU (:mod:`.lop3_kernel`, Gluon; 16 rows a launch), its ``tl.dot`` kernel (:mod:`.lop3_gemm`)
-for larger batches, bf16 and the interpreter, and dequantize + cuBLAS for very large ones. Elsewhere: plain torch (dequantize, then matmul).
+for larger batches, bf16 and the interpreter, and dequantize + cuBLAS for very large ones.
+Elsewhere: plain torch (dequantize, then matmul).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Tensor-core matmul on the ``lop3`` layout for the batches its Gluon kernel does not serve
-(more than 8 rows, bf16, the interpreter): per 128-column group, the block's words are loaded once
-(:func:`.lop3_dequant.block_words`) and expanded to a [BN, 128] tile in word order, the
+(more than 32 rows, bf16, the interpreter): per 128-column group, the block's words are loaded
+once (:func:`.lop3_dequant.block_words`) and expanded to a [BN, 128] tile in word order, the
 activations loaded in the same column order, one ``tl.dot`` multiplies them, and the scale and
-zero are applied to the fp32 result: sum w·x = s · (2^d · (x · v) - (2^d v0 + z_b) · sum x). On a
-GPU v = v0 + k comes from one shift and one lop3 per pair of codes (v0 = 1024 in fp16, 128 in
-bf16: the mantissa's unit is 1 there); the interpreter converts the codes (v0 = 0). Split-K with the in-kernel fixup of
-:func:`.triton_decode.finish_tile`.
+zero are applied to the fp32 result: sum w·x = s · (2^d · (x · v) - (2^d v0 + z_b) · sum x). On
+a GPU v = v0 + k comes from one shift and one lop3 per pair of codes (v0 = 1024 in fp16, 128 in
+bf16: the mantissa's unit is 1 there); the interpreter converts the codes (v0 = 0). Split-K with
+the in-kernel fixup of :func:`.triton_decode.finish_tile`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ if triton is not None:
             w = block_words(Q, rows, N, G, NG, BITS)
             xv = tl.reshape(tl.load(xrow + G * 128, mask=mrow, other=0.0), (BM, 128))  # in word order
             if F32DOT:  # the interpreter's bf16 dot is wrong; codes and bf16 values are exact in fp32
-                d = tl.dot(xv.to(tl.float32), tl.trans(word_codes(w, BITS, BN).to(tl.float32)), input_precision="ieee")
+                d = tl.dot(xv.to(tl.float32), tl.trans(word_codes(w, BITS, BN).to(tl.float32)),
+                           input_precision="ieee")
             elif ASM:  # v0 + k from one shift and one lop3 per pair
                 d = tl.dot(xv, tl.trans(word_values(w, BITS, BN, MAGIC, MAGIC == 0x43004300)))
             else:

@@ -1,10 +1,13 @@
 """Quantized matmul kernels on the GPU: correctness, tuning and timings in one run.
 
+(Named ``kernel_bench``, not ``kernels``: run from ``benchmarks/``, a ``kernels.py`` there shadows
+Hugging Face's ``kernels`` package, which transformers imports.)
+
 Shape convention: N×K = out_features × in_features, so "4096×14336" is out = 4096, in = 14336
 (the MLP down projection of an 8B model).
 
-    python benchmarks/kernels.py --out DIR          # checks + tuning + full table (one GPU call)
-    python benchmarks/kernels.py --no-tune          # use the committed tuned table / heuristic
+    python benchmarks/kernel_bench.py --out DIR          # checks + tuning + full table (one GPU call)
+    python benchmarks/kernel_bench.py --no-tune          # use the committed tuned table / heuristic
 
 1. Measures the device copy bandwidth (device-to-device copy, bytes read + written).
 2. Checks every kernel path against a float64 reference on NaN-poisoned outputs (all widths,
