@@ -1,7 +1,7 @@
 """One quantized matmul launch to profile under Nsight Compute.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-        -k regex:gemv_kernel|gemm_kernel|mma_kernel --launch-skip 3 --launch-count 1 \
+        -k regex:gemv_kernel|gemm_kernel|mma_kernel|lop3_kernel --launch-skip 3 --launch-count 1 \
         python benchmarks/profile_kernel.py --shape 4096x14336 --bits 2 --batch 1
 
 Packs random master codes (group 128, symmetric), warms the chosen kernel up, then launches it
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--shape", default="4096x14336", help="out x in")
     ap.add_argument("--bits", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--layout", default="fixed", choices=["fixed", "resident"])
+    ap.add_argument("--layout", default="fixed", choices=["fixed", "resident", "lop3"])
     ap.add_argument("--rule", default="nested", choices=["nested", "round"])
     ap.add_argument("--config", default=None, help="a kernel config key (e.g. mma:bm8:bn64:sk4:w8:s1:ku2); "
                     "default: what the dispatcher chooses")
