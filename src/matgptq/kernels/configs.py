@@ -53,8 +53,8 @@ class KernelConfig:
         if self.kind == "lop3" and (self.num_stages not in (2, 3, 4, 6, 8) or self.num_warps not in (1, 2, 4, 8)
                                     or self.bm not in (8, 16)):
             raise ValueError(f"num_stages={self.num_stages}, num_warps={self.num_warps}, bm={self.bm} with "
-                             "kind='lop3': use 2, 3, 4, 6 or 8 stages (groups in flight + 1), 1, 2, 4 or 8 warps (row tiles per "
-                             "program) and bm 16 or 8 (batch rows per launch)")
+                             "kind='lop3': use 2, 3, 4, 6 or 8 stages (groups in flight + 1), 1, 2, 4 or 8 warps "
+                             "(row tiles per program) and bm 16 or 8 (batch rows per launch)")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
