@@ -24,14 +24,18 @@ try:
     import triton
     import triton.language as tl
 
-    from matgptq.kernels.lop3_dequant import block_words, word_codes, word_order_cols
+    from matgptq.kernels.lop3_dequant import block_words, pair_tile, pair_words, word_codes, word_order_cols
 
     @triton.jit
-    def tile(Q, OUT, COLS, N, NG, BITS: tl.constexpr):
-        """Every group's word-order tile of rows 0..31, and the tile's columns."""
+    def tile(Q, OUT, COLS, N, NG, BITS: tl.constexpr, PAIRS: tl.constexpr):
+        """Every group's word-order tile of rows 0..31 (from block_words, or with PAIRS from
+        pair_words as the tensor-core kernel reads them), and the tile's columns."""
         rows = tl.arange(0, 32)
         for G in range(NG):
-            c = word_codes(block_words(Q, rows, N, G, NG, BITS), BITS, 32)
+            if PAIRS:
+                c = pair_tile(word_codes(pair_words(Q, tl.arange(0, 16), N, G, NG, BITS), BITS), BITS, 32)
+            else:
+                c = tl.reshape(word_codes(block_words(Q, rows, N, G, NG, BITS), BITS), (32, 128))
             tl.store(OUT + G * 32 * 128 + rows[:, None] * 128 + tl.arange(0, 128)[None, :], c)
         tl.store(COLS + tl.arange(0, 128), word_order_cols(BITS))
 except ImportError:  # pragma: no cover - machines without triton
@@ -187,18 +191,20 @@ def test_quant_matmul_on_the_lop3_layout(m, bits):
 
 
 def test_word_order_puts_every_code_at_its_column():
-    """The tensor-core kernel's tile order (lop3_dequant.block_words, word_codes, word_order_cols)
-    against the layout's definition: position p of row r's tile holds code (r, word_order_cols[p])."""
+    """The Triton tile orders (lop3_dequant.block_words / pair_words, word_codes, pair_tile,
+    word_order_cols) against the layout's definition: position p of row r's tile holds code
+    (r, word_order_cols[p])."""
     if triton is None:
         pytest.skip("needs triton")
     for bits in (2, 4):
         codes = _codes(32, 256, bits, seed=bits)
-        out = torch.zeros(2, 32, 128, dtype=torch.int32)
-        cols = torch.zeros(128, dtype=torch.int32)
-        tile[(1,)](pack_lop3(codes, bits), out, cols, 32, 2, BITS=bits)
-        assert sorted(cols.tolist()) == list(range(128))
-        for G in range(2):
-            assert torch.equal(out[G], codes[:, G * 128 + cols.long()].int())
+        for pairs in (False, True):
+            out = torch.zeros(2, 32, 128, dtype=torch.int32)
+            cols = torch.zeros(128, dtype=torch.int32)
+            tile[(1,)](pack_lop3(codes, bits), out, cols, 32, 2, BITS=bits, PAIRS=pairs)
+            assert sorted(cols.tolist()) == list(range(128))
+            for G in range(2):
+                assert torch.equal(out[G], codes[:, G * 128 + cols.long()].int()), (bits, pairs, G)
 
 
 def test_quant_linear_lop3_matches_fixed_and_keeps_its_width():

@@ -247,9 +247,7 @@ def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.T
 
     m, ng = x2.shape[0], pw.k // 128
     two_d, zb = _lop3_zero(pw, bits)
-    # v = v0 + k by a lop3 into the mantissa of v0 (1024 in fp16, 128 in bf16); not with BM >= 64,
-    # where Triton 3.6's dot-operand pass fails on the wgmma operand made of the asm's pairs
-    asm = inline_asm_ok() and cfg.bm < 64
+    asm = inline_asm_ok()  # v = v0 + k by a lop3 into the mantissa of v0 (1024 in fp16, 128 in bf16)
     magic, v0 = ((0x64006400, 1024.0) if x2.dtype == torch.float16 else (0x43004300, 128.0)) if asm else (0, 0.0)
     gps = -(-ng // max(1, cfg.split_k))
     split = -(-ng // gps)

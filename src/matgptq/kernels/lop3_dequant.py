@@ -39,6 +39,28 @@ if triton is not None:
         return tl.load(blk + word, mask=rows[:, None] < N, other=0).to(tl.uint32, bitcast=True)
 
     @triton.jit
+    def pair_words(Q, prs, N, G, NG, BITS: tl.constexpr):
+        """The words of group G for the row pairs ``prs`` (pair 8t + g: rows 16t + 2g + r0, zero past
+        N) as [pairs, 16·nu] uint32, j = 16u + 4c + 2r1 + r0: each pair's 16 words of a word set lie
+        contiguous in the block, so these are 16-byte loads (the tensor-core kernel's tile)."""
+        NF: tl.constexpr = 16 // BITS
+        NU: tl.constexpr = 8 // NF
+        BLK: tl.constexpr = 64 * BITS
+        j = tl.arange(0, 16 * NU)[None, :]
+        blk = Q + (prs[:, None] // 8).to(tl.int64) * (NG * BLK) + G * BLK + 16 * (prs[:, None] % 8)
+        w = tl.load(blk + 128 * (j // 16) + j % 16, mask=2 * prs[:, None] < N, other=0)
+        return w.to(tl.uint32, bitcast=True)
+
+    @triton.jit
+    def pair_tile(v, BITS: tl.constexpr, BN: tl.constexpr):
+        """Expanded :func:`pair_words` [pairs, 16·nu, 2·nf] -> [BN, 128]: row 2·pair + r0, position
+        p = 2·nf·q + e in word order. The permute moves r0, which the thread holds, to the rows."""
+        NF: tl.constexpr = 16 // BITS
+        NU: tl.constexpr = 8 // NF
+        v = tl.reshape(v, (BN // 2, NU, 4, 2, 2, 2 * NF))  # pair, u, c, r1, r0, e
+        return tl.reshape(tl.permute(v, (0, 4, 2, 1, 3, 5)), (BN, 128))
+
+    @triton.jit
     def _nest(a0, a1, a2, a3, a4, a5, a6, a7, NF: tl.constexpr):
         """a0..a(NF-1) on new minor axes (log2 NF of them, the index's top bit first). tl.join keeps
         the joined axis in the thread, so a thread expands whole words; the innermost join makes
@@ -60,9 +82,9 @@ if triton is not None:
                      _field(w, 4, h, BITS), _field(w, 5, h, BITS), _field(w, 6, h, BITS), _field(w, 7, h, BITS), NF)
 
     @triton.jit
-    def word_codes(w, BITS: tl.constexpr, BN: tl.constexpr):
-        """int32 codes [BN, 128] in word order from :func:`block_words`."""
-        return tl.reshape(tl.join(_half(w, 0, BITS), _half(w, 1, BITS)), (BN, 128)).to(tl.int32)
+    def word_codes(w, BITS: tl.constexpr):
+        """int32 codes [rows, words, 2·nf] of a word tile (position e = 2f + h of each word)."""
+        return tl.reshape(tl.join(_half(w, 0, BITS), _half(w, 1, BITS)), (w.shape[0], w.shape[1], 32 // BITS))
 
     @triton.constexpr_function
     def _pair_asm(shift, mask2, magic):
@@ -81,9 +103,10 @@ if triton is not None:
         return v
 
     @triton.jit
-    def word_values(w, BITS: tl.constexpr, BN: tl.constexpr, MAGIC: tl.constexpr, BF16: tl.constexpr):
-        """[BN, 128] fp16 (bf16) values v0 + k in word order (GPU only: inline PTX), where MAGIC is the bits
-        of v0 (doubled) at whose unit the mantissa holds k exactly: fp16 1024, bf16 128."""
+    def word_values(w, BITS: tl.constexpr, MAGIC: tl.constexpr, BF16: tl.constexpr):
+        """fp16 (bf16) values v0 + k [rows, words, 2·nf] of a word tile, as :func:`word_codes` (GPU
+        only: inline PTX), where MAGIC is the bits of v0 (doubled) at whose unit the mantissa holds k
+        exactly: fp16 1024, bf16 128."""
         NF: tl.constexpr = 16 // BITS
         v = _nest(_pair(w, 0, BITS, MAGIC, BF16), _pair(w, 1, BITS, MAGIC, BF16), _pair(w, 2, BITS, MAGIC, BF16),
                   _pair(w, 3, BITS, MAGIC, BF16), _pair(w, 4, BITS, MAGIC, BF16), _pair(w, 5, BITS, MAGIC, BF16),
@@ -92,7 +115,7 @@ if triton is not None:
             v = tl.permute(v, (0, 1, 3, 4, 2))
         else:
             v = tl.permute(v, (0, 1, 3, 4, 5, 2))
-        return tl.reshape(v, (BN, 128))
+        return tl.reshape(v, (w.shape[0], w.shape[1], 2 * NF))
 
     @triton.jit
     def word_order_pairs(BITS: tl.constexpr):
@@ -117,7 +140,7 @@ if triton is not None:
         NF: tl.constexpr = 16 // BITS
         R: tl.constexpr = 16 * RT
         r = pid_t * R + tl.arange(0, R)
-        code = word_codes(block_words(Q, r, N, G, NG, BITS), BITS, R)  # [R, (c, u, r1, f, h)]
+        code = tl.reshape(word_codes(block_words(Q, r, N, G, NG, BITS), BITS), (R, 128))  # [R, (c, u, r1, f, h)]
         code = tl.permute(tl.reshape(code, (R, 32 // NF, 2, NF, 2)), (0, 1, 3, 2, 4))  # -> (c, u, f, r1, h)
         code = tl.reshape(code, (R, 128))
         mask = r[:, None] < N

@@ -1,6 +1,7 @@
 """Tensor-core matmul on the ``lop3`` layout for the batches its Gluon kernel does not serve
 (more than 32 rows, bf16, the interpreter): per 128-column group, the block's words are loaded
-once (:func:`.lop3_dequant.block_words`) and expanded to a [BN, 128] tile in word order, the
+once, 16 bytes at a time (:func:`.lop3_dequant.pair_words`), and expanded to a [BN, 128] tile in
+word order by the threads that loaded them (:func:`.lop3_dequant.pair_tile`), the
 activations loaded in the same column order, one ``tl.dot`` multiplies them, and the scale and
 zero are applied to the fp32 result: sum w·x = s · (2^d · (x · v) - (2^d v0 + z_b) · sum x). On
 a GPU v = v0 + k comes from one shift and one lop3 per pair of codes (v0 = 1024 in fp16, 128 in
@@ -15,7 +16,7 @@ from .triton_decode import triton
 if triton is not None:
     import triton.language as tl
 
-    from .lop3_dequant import block_words, word_codes, word_order_pairs, word_values
+    from .lop3_dequant import pair_tile, pair_words, word_codes, word_order_pairs, word_values
     from .triton_decode import finish_tile
 
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
@@ -27,6 +28,7 @@ if triton is not None:
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
         rows = pid_n * BN + tl.arange(0, BN)
+        prs = pid_n * (BN // 2) + tl.arange(0, BN // 2)  # row pairs: rows 2 pr, 2 pr + 1
         offs_m = pid_m * BM + tl.arange(0, BM)
         xrow = X + offs_m[:, None, None].to(tl.int64) * stride_xm + word_order_pairs(BITS)[None, :, :]
         mrow = offs_m[:, None, None] < M
@@ -34,15 +36,15 @@ if triton is not None:
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
         for G in tl.range(g0, g1, num_stages=NS):
-            w = block_words(Q, rows, N, G, NG, BITS)
+            w = pair_words(Q, prs, N, G, NG, BITS)
             xv = tl.reshape(tl.load(xrow + G * 128, mask=mrow, other=0.0), (BM, 128))  # in word order
             if F32DOT:  # the interpreter's bf16 dot is wrong; codes and bf16 values are exact in fp32
-                d = tl.dot(xv.to(tl.float32), tl.trans(word_codes(w, BITS, BN).to(tl.float32)),
-                           input_precision="ieee")
+                wt = pair_tile(word_codes(w, BITS), BITS, BN).to(tl.float32)
+                d = tl.dot(xv.to(tl.float32), tl.trans(wt), input_precision="ieee")
             elif ASM:  # v0 + k from one shift and one lop3 per pair
-                d = tl.dot(xv, tl.trans(word_values(w, BITS, BN, MAGIC, MAGIC == 0x43004300)))
+                d = tl.dot(xv, tl.trans(pair_tile(word_values(w, BITS, MAGIC, MAGIC == 0x43004300), BITS, BN)))
             else:
-                d = tl.dot(xv, tl.trans(word_codes(w, BITS, BN).to(xv.dtype)))
+                d = tl.dot(xv, tl.trans(pair_tile(word_codes(w, BITS), BITS, BN).to(xv.dtype)))
             xs = tl.sum(xv.to(tl.float32), axis=1)
             s = tl.load(S + G * SP + rows, mask=rows < N, other=0.0).to(tl.float32)
             acc += s[None, :] * (d * two_d - zv * xs[:, None])  # zv = 2^d v0 + z_b
