@@ -4,6 +4,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     python benchmarks/lop3.py --out benchmarks/results --tag h200          # GPU: checks, then time
     python benchmarks/lop3.py --checks-only                               # GPU: the checks alone
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
+    python benchmarks/lop3.py --summarize benchmarks/results/lop3_h200d.json   # a saved run's summary
 
 Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
@@ -148,11 +149,46 @@ def sass_counts(out=None):
             hb = 2 if m > 8 else 1  # rows 8-15: a second set of mmas on the same decoded pairs
             regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4 * hb)
             per = sum(mix.values()) / (4 * 16 * 128 / 32)  # 4 groups a loop trip, 64 weights a thread each
-            rows.append(dict(bits=bits, batch=m, registers=regs, per_weight=round(per, 3)))
-            print(f"lop3 kernel {bits}-bit batch {m}: {regs} registers, {per:.2f} instructions per weight", flush=True)
+            rows.append(dict(kernel="lop3", bits=bits, batch=m, registers=regs, per_weight=round(per, 3),
+                             lop3=mix["LOP3"]))
+            print(f"lop3 kernel {bits}-bit batch {m}: {regs} registers, {per:.2f} instructions per weight, "
+                  f"{mix['LOP3']} LOP3 in the loop (4 groups)", flush=True)
+    rows += gemm_sass_counts()
     if out:
         with open(os.path.join(out, "lop3_sass_triton36.json"), "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def gemm_sass_counts():
+    """The lop3 layout's tl.dot kernel (lop3_gemm.py) as the dispatcher launches it on a GPU (the
+    pair lop3 on, fp16): registers and the instructions of its group loop, in all and per code and
+    thread."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernel_sass import loop_mix
+    from matgptq.kernels.lop3_gemm import lop3_gemm_kernel as fn
+
+    rows, names = [], fn.arg_names
+    ptr = {"X": "*fp16", "Q": "*i32", "S": "*fp16", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32", "CNT": "*i32"}
+    for bits in (2, 4):
+        for bm, bn, warps in ((16, 64, 4), (16, 128, 4), (64, 64, 4)):
+            cst = dict(BM=bm, BN=bn, BITS=bits, HAS_BIAS=True, F32DOT=False, ASM=True, MAGIC=0x64006400, NS=1)
+            sig = {n: "constexpr" if n in cst else ptr.get(n, "fp32" if n in ("two_d", "zv") else "i32")
+                   for n in names}
+            attrs = {(names.index(n),): [["tt.divisibility", 16]]
+                     for n in ("X", "stride_xm", "Q", "S", "OUT", "stride_om", "N", "SP", "WS", "CNT")}
+            src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
+                            attrs=attrs)
+            regs, mix = loop_mix(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)))
+            tot = sum(mix.values())
+            per = tot / (bn * 128 / (32 * warps))  # one group a loop trip: bn x 128 codes over the threads
+            rows.append(dict(kernel="lop3_gemm", bits=bits, bm=bm, bn=bn, registers=regs, loop=tot,
+                             per_code=round(per, 2), sts=mix["STS"]))
+            print(f"lop3 tl.dot kernel {bits}-bit bm{bm} bn{bn}: {regs} registers, {tot} instructions in the loop "
+                  f"({per:.2f} per code and thread, {mix['STS']} STS)", flush=True)
+    return rows
 
 
 def summarize(rows):
@@ -172,6 +208,36 @@ def summarize(rows):
     if fx:
         print(f"against the fixed layout, batch <= 16: median {statistics.median(fx):.3f}x "
               f"({min(fx):.3f}-{max(fx):.3f}x, {len(fx)} points)", flush=True)
+    for r in rows:  # where the tuner tried other ring depths: their best launch against the best 4-stage one
+        best = {}
+        for c, v in r["tried"].items():
+            if c.startswith("lop3"):
+                st = int(c.rsplit(":s", 1)[1])
+                best[st] = min(best.get(st, v), v)
+        if len(best) > 1 and 4 in best:
+            print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
+                  + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
+    mid = ("4096x14336", "14336x4096", "8192x8192")
+    for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):
+        at = [r for r in rows if r["batch"] == m and (r["shape"] in mid) == (part == "mid")]
+        if not at:
+            continue
+        fp = [r["fp16_us"] / r["us"] for r in at]
+        vf = [r["speedup_vs_fixed"] for r in at]
+        where = "the mid shapes" if part == "mid" else ", ".join(sorted({r["shape"] for r in at}))
+        line = (f"batch {m}, {where}: {min(r['us'] for r in at):.1f}-{max(r['us'] for r in at):.1f} us, "
+                f"{min(fp):.2f}-{max(fp):.2f}x the speed of fp16, {min(vf):.2f}-{max(vf):.2f}x of the fixed layout")
+        dq = [r["us"] / r["deq_cublas_us"] for r in at if r.get("deq_cublas_us")]
+        if dq:
+            line += f", {min(dq):.2f}-{max(dq):.2f}x the time of dequantize + cuBLAS"
+        gm = [min(v for c, v in r["tried"].items() if c.startswith("gemm")) for r in at
+              if any(c.startswith("gemm") for c in r["tried"])]
+        if gm:
+            line += f"; the best tl.dot launch {min(gm):.1f}-{max(gm):.1f} us"
+        ld = [r["lop3_dequant_us"] for r in at if r.get("lop3_dequant_us")]
+        if ld:
+            line += f"; the lop3 dequantize alone {min(ld):.1f}-{max(ld):.1f} us"
+        print(line, flush=True)
 
 
 def main():
@@ -180,12 +246,16 @@ def main():
     ap.add_argument("--bits", default="2,4")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--checks-only", action="store_true")
-    ap.add_argument("--sass", action="store_true", help="offline: the kernel's SASS counts (no GPU)")
+    ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
+    ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     if args.sass:
         return sass_counts(args.out)
+    if args.summarize:
+        with open(args.summarize) as f:
+            return summarize(json.load(f)["rows"])
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/lop3.py needs a GPU (the lop3 kernel is CUDA only; the CPU tests are "
                          "tests/test_lop3.py)")
@@ -203,7 +273,8 @@ def main():
                 rows.append(row)
                 tuned[key] = cfg.__dict__.copy()
                 print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) "
-                      f"{row['config']:28s} fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  fp16 {row['fp16_us']:8.2f}  "
+                      f"{row['config']:28s} fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  "
+                      f"fp16 {row['fp16_us']:8.2f}  "
                       f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}", flush=True)
                 if args.out:  # after every point: a run cut off keeps what it measured
                     save(args.out, args.tag, dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst,

@@ -263,9 +263,10 @@ def test_lop3_kernel_on_gpu(m):
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
 
 
+@pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("n,k", [(4096, 14336), (16384, 16384), (512, 2048)])
 @pytest.mark.parametrize("m", [1, 8, 16, 20, 32, 33])
-def test_lop3_launches_fit_their_shared_memory(n, k, m):
+def test_lop3_launches_fit_their_shared_memory(n, k, m, bits):
     """Every lop3 launch the heuristic or the tuner picks holds its rings and the activations of
     one launch's rows (bm) in LOP3_SHARED and whole row tiles; past LOP3_MAX_M rows, or where the
     Gluon kernel cannot serve the call, only the tensor-core kernel and cuBLAS are offered."""
@@ -274,14 +275,14 @@ def test_lop3_launches_fit_their_shared_memory(n, k, m):
 
     groups = k // 128
     for kernel in (True, False):
-        cands = configs.lop3_candidates(n, groups, m, 132, 4, kernel)
-        chosen = configs.lop3_heuristic(n, groups, m, 132, 4, kernel)
+        cands = configs.lop3_candidates(n, groups, m, 132, bits, kernel)
+        chosen = configs.lop3_heuristic(n, groups, m, 132, bits, kernel)
         for cfg in cands + [chosen]:
             if cfg.kind != "lop3":
                 continue
             assert kernel and m <= configs.LOP3_MAX_M, cfg.key()
             gps = -(-groups // cfg.split_k)
-            assert shared_bytes(4, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm)) <= configs.LOP3_SHARED
+            assert shared_bytes(bits, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm)) <= configs.LOP3_SHARED
             assert n % cfg.bn == 0 and cfg.bn == 16 * cfg.num_warps
         kinds = {c.kind for c in cands}
         if kernel and m <= configs.LOP3_MAX_M:

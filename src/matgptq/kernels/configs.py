@@ -219,8 +219,9 @@ def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: boo
 
 def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> list[KernelConfig]:
     """What the autotuner tries on the lop3 layout. With ``kernel``, up to LOP3_MAX_M rows, the lop3
-    kernel: 1, 2 or 4 warps, 4 stages (2, 6 and 8 never paid on the H200, 6 and 8 not even at 2
-    bits, where a group is only 512 bytes a warp), the splits that put 3-16 programs on each SM
+    kernel: 1, 2 or 4 warps, 4 stages and at 2 bits also 6 and 8 (a group is only 512 bytes a warp
+    there: on the H200 they were 0-7 % faster on 16384², 2-18 % slower on the smaller shapes, which the
+    tuner then leaves), the splits that put 3-16 programs on each SM
     (up to 32 for launches of 16 rows, whose activations need shorter K ranges); from 9 rows also
     launches of 8 rows (bm=8: 16 rows of activations may not fit the long K ranges of few-split
     launches). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
@@ -228,12 +229,13 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
     out = []
     if kernel and m <= LOP3_MAX_M:
         for bm in (16, 8) if m > 8 else (16,):
+            top = 32 if bm == 16 and m > 8 else 16  # 16 rows: shorter K ranges, for their activations
             for w in (1, 2, 4):
-                top = 32 if bm == 16 and m > 8 else 16  # 16 rows: shorter K ranges, for their activations
-                for d in _lop3_splits(groups):
-                    progs = n // (16 * w) * d
-                    if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, 4, d):
-                        out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=4))
+                for st in (4, 6, 8) if bits == 2 else (4,):
+                    for d in _lop3_splits(groups):
+                        progs = n // (16 * w) * d
+                        if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, st, d):
+                            out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=st))
     if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]

@@ -229,7 +229,7 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     if not lop3_supported(x2, pw):
         raise ValueError(f"the lop3 kernel serves fp16 batches of at most {configs.LOP3_MAX_M} rows on a GPU (Triton "
                          f"with Gluon), starting at 16-byte aligned addresses, not {x2.dtype} x {tuple(x2.shape)} on "
-                         f"{x2.device}; pass x.contiguous().half(), or use a 'cublas' config")
+                         f"{x2.device}; pass x.contiguous().half(), or use a 'gemm' or 'cublas' config")
     two_d, zb = _lop3_zero(pw, bits)
     ng = pw.k // 128
     split = -(-ng // -(-ng // cfg.split_k))

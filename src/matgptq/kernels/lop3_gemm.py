@@ -42,7 +42,8 @@ if triton is not None:
                 wt = pair_tile(word_codes(w, BITS), BITS, BN).to(tl.float32)
                 d = tl.dot(xv.to(tl.float32), tl.trans(wt), input_precision="ieee")
             elif ASM:  # v0 + k from one shift and one lop3 per pair
-                d = tl.dot(xv, tl.trans(pair_tile(word_values(w, BITS, MAGIC, MAGIC == 0x43004300), BITS, BN)))
+                v = word_values(w, BITS, MAGIC, X.dtype.element_ty == tl.bfloat16)
+                d = tl.dot(xv, tl.trans(pair_tile(v, BITS, BN)))
             else:
                 d = tl.dot(xv, tl.trans(pair_tile(word_codes(w, BITS), BITS, BN).to(xv.dtype)))
             xs = tl.sum(xv.to(tl.float32), axis=1)
