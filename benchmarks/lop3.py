@@ -6,7 +6,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
     python benchmarks/lop3.py --summarize benchmarks/results/lop3_h200d.json   # a saved run's summary
 
-Checks (NaN-poisoned outputs, float64 reference): 2 and 4 bits, both slicing rules, with and
+Checks (NaN-poisoned outputs, float64 reference): the --bits widths, both slicing rules, with and
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
 (the dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the
 tuner's candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
@@ -41,11 +41,11 @@ from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, dequant
 from matgptq.quant.grid import dequantize  # noqa: E402
 
 
-def check(n=512, k=2048):
+def check(widths=(2, 3, 4), n=512, k=2048):
     """Worst relative error over the checks (inf when one fails or leaves an element unwritten)."""
     worst, fails = 0.0, []
     sms = _sms(torch.device("cuda"))
-    for bits in (2, 4):
+    for bits in widths:
         for rule in ("round", "nested"):
             pw, (q, s, z) = kb.make_packed(n, k, bits, "lop3", rule, 128, seed=bits)
             w = dequantize(q.cpu(), s.cpu(), z.cpu(), 8, bits, rule, 128, torch.float64)
@@ -135,7 +135,7 @@ def sass_counts(out=None):
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32"}
-    for bits in (2, 4):
+    for bits in (2, 3, 4):
         for m in (1, 8, 16):
             cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
                        **K.launch_consts(bits, 4, 4, 16, m))
@@ -172,9 +172,9 @@ def gemm_sass_counts():
 
     rows, names = [], fn.arg_names
     ptr = {"X": "*fp16", "Q": "*i32", "S": "*fp16", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32", "CNT": "*i32"}
-    for bits in (2, 4):
+    for bits in (2, 3, 4):
         for bm, bn, warps in ((16, 64, 4), (16, 128, 4), (64, 64, 4)):
-            cst = dict(BM=bm, BN=bn, BITS=bits, HAS_BIAS=True, F32DOT=False, ASM=True, MAGIC=0x64006400, NS=1)
+            cst = dict(BM=bm, BN=bn, BITS=bits, HAS_BIAS=True, F32DOT=False, ASM=bits != 3, MAGIC=0x64006400, NS=1)
             sig = {n: "constexpr" if n in cst else ptr.get(n, "fp32" if n in ("two_d", "zv") else "i32")
                    for n in names}
             attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -243,7 +243,7 @@ def summarize(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192,16384x16384,4096x4096")
-    ap.add_argument("--bits", default="2,4")
+    ap.add_argument("--bits", default="2,3,4", help="widths checked and timed")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--checks-only", action="store_true")
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
@@ -259,7 +259,7 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/lop3.py needs a GPU (the lop3 kernel is CUDA only; the CPU tests are "
                          "tests/test_lop3.py)")
-    worst, fails = check()
+    worst, fails = check(tuple(int(b) for b in args.bits.split(",")))
     print(f"checks: worst relative error {worst:.2e}; failures {fails}", flush=True)
     if args.checks_only:
         return

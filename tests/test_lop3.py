@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from matgptq.kernels import lop3_asm
-from matgptq.kernels.lop3_pack import P2, SH2, SH4, pack_lop3, step_offsets, unpack_lop3
+from matgptq.kernels.lop3_pack import P2, P3, SH2, SH4, low_bit_shift, pack_lop3, step_offsets, unpack_lop3
 from matgptq.kernels.pack import dequantize_packed, pack
 from matgptq.quant.grid import dequantize
 
@@ -24,18 +24,18 @@ try:
     import triton
     import triton.language as tl
 
-    from matgptq.kernels.lop3_dequant import block_words, pair_tile, pair_words, word_codes, word_order_cols
+    from matgptq.kernels.lop3_dequant import block_codes, pair_codes, pair_tile, word_order_cols
 
     @triton.jit
     def tile(Q, OUT, COLS, N, NG, BITS: tl.constexpr, PAIRS: tl.constexpr):
-        """Every group's word-order tile of rows 0..31 (from block_words, or with PAIRS from
-        pair_words as the tensor-core kernel reads them), and the tile's columns."""
+        """Every group's word-order tile of rows 0..31 (from block_codes, or with PAIRS from
+        pair_codes as the tensor-core kernel reads them), and the tile's columns."""
         rows = tl.arange(0, 32)
         for G in range(NG):
             if PAIRS:
-                c = pair_tile(word_codes(pair_words(Q, tl.arange(0, 16), N, G, NG, BITS), BITS), BITS, 32)
+                c = pair_tile(pair_codes(Q, tl.arange(0, 16), N, G, NG, BITS), BITS, 32)
             else:
-                c = tl.reshape(word_codes(block_words(Q, rows, N, G, NG, BITS), BITS), (32, 128))
+                c = tl.reshape(block_codes(Q, rows, N, G, NG, BITS), (32, 128))
             tl.store(OUT + G * 32 * 128 + rows[:, None] * 128 + tl.arange(0, 128)[None, :], c)
         tl.store(COLS + tl.arange(0, 128), word_order_cols(BITS))
 except ImportError:  # pragma: no cover - machines without triton
@@ -46,10 +46,13 @@ def _codes(n, k, bits, seed=0):
     return torch.randint(0, 1 << bits, (n, k), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
-def _word_of(row, col, k, bits):
-    """Where the layout keeps code (row, col), straight from its definition (lop3_pack's doc):
-    the word's index and the bit of its field."""
-    nf = 16 // bits
+def _fields_of(row, col, k, bits):
+    """Where the layout keeps code (row, col), straight from its definition (lop3_pack's doc): a
+    list of (word index, bit, width, the code's bit the field starts at); one field, or at 3 bits
+    the top two bits in the 2-bit layout's word and the low bit at 16h + 2j + r0 of word
+    128 + 2L + r1 of the block."""
+    lb = 2 if bits == 3 else bits
+    nf = 16 // lb
     t, rr = divmod(row, 16)
     g, r0 = divmod(rr, 2)
     G, cc = divmod(col, 128)
@@ -58,10 +61,13 @@ def _word_of(row, col, k, bits):
     r1, h = divmod(rest, 2)
     u, f = divmod(step, nf)
     block = (t * (k // 128) + G) * 64 * bits
-    return block + 128 * u + 4 * (4 * g + c) + 2 * r1 + r0, 16 * h + bits * f
+    top = (block + 128 * u + 4 * (4 * g + c) + 2 * r1 + r0, 16 * h + lb * f, lb, bits - lb)
+    if bits != 3:
+        return [top]
+    return [top, (block + 128 + 2 * (4 * g + c) + r1, 16 * h + 2 * step + r0, 1, 0)]
 
 
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 def test_pack_puts_every_code_where_the_layout_says(bits):
     n, k = 32, 256
     codes = _codes(n, k, bits, seed=bits)
@@ -70,10 +76,11 @@ def test_pack_puts_every_code_where_the_layout_says(bits):
     seen = torch.zeros(words.numel(), 32, dtype=torch.bool)
     for row in range(n):
         for col in range(k):
-            i, bit = _word_of(row, col, k, bits)
-            assert (int(words[i]) >> bit) & ((1 << bits) - 1) == int(codes[row, col]), (row, col)
-            assert not seen[i, bit:bit + bits].any()
-            seen[i, bit:bit + bits] = True
+            code = int(codes[row, col])
+            for i, bit, width, at in _fields_of(row, col, k, bits):
+                assert (int(words[i]) >> bit) & ((1 << width) - 1) == (code >> at) & ((1 << width) - 1), (row, col)
+                assert not seen[i, bit:bit + width].any()
+                seen[i, bit:bit + width] = True
     assert seen.all()  # every bit of every word holds exactly one code
     assert torch.equal(unpack_lop3(pack_lop3(codes, bits), n, k, bits), codes.to(torch.int32))
 
@@ -102,24 +109,28 @@ def _fp16_pair(w):
             for v in ((w & 0xFFFF) - (1 << 16 if w & 0x8000 else 0), (w >> 16) - (1 << 16 if w >> 31 else 0))]
 
 
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 def test_decode_ptx_makes_offset_plus_code_in_every_fragment_slot(bits):
     """For every step j and lane, the A registers the PTX builds are the fp16 values
     2^(10-p_j) + code of the fragment's (row, column): rows g, g+8 <-> tile rows 2g, 2g+1; the
-    columns of step j's register pair r1 at 32c + 4j + 2r1 + h."""
+    columns of step j's register pair r1 at 32c + 4j + 2r1 + h. 3 bits: the lane's two low-bit
+    words in $8, $9."""
     k = 128
     codes = _codes(16, k, bits, seed=7)
     words = pack_lop3(codes, bits).to(torch.int64) & 0xFFFFFFFF
     offs = step_offsets(bits)
-    assert len(P2) == len(SH2) == 8 and len(SH4) == 4
+    assert len(P2) == len(SH2) == len(P3) == 8 and len(SH4) == 4
+    assert all(-8 <= low_bit_shift(j, r0) <= 3 for j in range(8) for r0 in (0, 1))  # no bit crosses a half
     for j0 in (0, 2, 4, 6):
         text = lop3_asm.code_asm(bits, j0, True)
         for lane in (0, 5, 18, 31):
             g, c = divmod(lane, 4)
             for jj in range(2):
                 j = j0 + jj
-                u = j // (16 // bits)
+                u = j // (16 // (2 if bits == 3 else bits))
                 regs = {f"${4 + r}": int(words[128 * u + 4 * lane + r]) for r in range(4)}
+                if bits == 3:
+                    regs |= {f"${8 + i}": int(words[128 + 2 * lane + i]) for i in range(2)}
                 val = _run_ptx(text, regs)
                 for r in range(4):  # a-register r: row 2g + r0, columns + 2 r1 (r = 2 r1 + r0)
                     r1, r0 = divmod(r, 2)
@@ -129,11 +140,18 @@ def test_decode_ptx_makes_offset_plus_code_in_every_fragment_slot(bits):
                     assert hi == offs[j] + int(codes[2 * g + r0, col + 1]), (j, lane, r)
 
 
-def test_offset_quads_hold_one_and_the_step_offsets():
-    q = lop3_asm.offset_quads()
-    pairs = [_fp16_pair(v & 0xFFFFFFFF) for v in q]
-    assert [p[0] for p in pairs] == [1.0, 64.0, 1.0, 64.0, 1.0, 16.0, 1.0, 16.0, 1.0, 4.0, 1.0, 4.0]
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_offset_quads_hold_one_and_the_step_offsets(bits):
+    """The quads q64, q16, q4 the kernel picks per step (lop3_kernel.quad: by P2's 4, 6, 8) hold 1
+    and that step's offset."""
+    pairs = [_fp16_pair(v & 0xFFFFFFFF) for v in lop3_asm.offset_quads(bits)]
+    offs = step_offsets(bits)
+    for j in range(8):
+        quad = {4: 0, 6: 1, 8: 2}[P2[j]] if bits != 4 else 0
+        assert [p[0] for p in pairs[4 * quad:4 * quad + 4]] == [1.0, offs[j], 1.0, offs[j]]
+        assert all(p[0] == p[1] for p in pairs)
     assert set(step_offsets(2)) == {64.0, 16.0, 4.0} and set(step_offsets(4)) == {64.0}
+    assert set(step_offsets(3)) == {128.0, 32.0, 8.0}
 
 
 def test_end_asm_embeds_the_zero_exactly():
@@ -152,7 +170,7 @@ def _lop3_case(n, k, bits, rule, seed=0):
 
 
 @pytest.mark.parametrize("rule", ["round", "nested"])
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 def test_dequantize_matches_float64(rule, bits):
     pytest.importorskip("triton")
     from matgptq.kernels.dispatch import dequantize_triton
@@ -166,7 +184,7 @@ def test_dequantize_matches_float64(rule, bits):
 
 
 @pytest.mark.parametrize("m", [1, 3, 9, 33])
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 def test_quant_matmul_on_the_lop3_layout(m, bits):
     """Under the interpreter the lop3 layout is served by its tensor-core kernel (the dispatcher's
     choice, split-K with a short last range, a row tile past N) and by dequantize + cuBLAS, fp16
@@ -196,7 +214,7 @@ def test_word_order_puts_every_code_at_its_column():
     (r, word_order_cols[p])."""
     if triton is None:
         pytest.skip("needs triton")
-    for bits in (2, 4):
+    for bits in (2, 3, 4):
         codes = _codes(32, 256, bits, seed=bits)
         for pairs in (False, True):
             out = torch.zeros(2, 32, 128, dtype=torch.int32)
@@ -215,20 +233,20 @@ def test_quant_linear_lop3_matches_fixed_and_keeps_its_width():
     acc = HessianAccumulator(256)
     acc.add(torch.randn(512, 256, generator=g))
     qw = quantize_layer(torch.randn(48, 256, generator=g) * 0.05, acc,
-                        QuantConfig(method="matgptq", bits=(8, 4, 2), group_size=128))
+                        QuantConfig(method="matgptq", bits=(8, 4, 3, 2), group_size=128))
     x = torch.randn(5, 256, generator=g)
-    for b in (2, 4):
+    for b in (2, 3, 4):
         ql = QuantLinear.from_quantized(qw, bits=b, layout="lop3", dtype=torch.float32)
         ref = F.linear(x.double(), qw.dequantize(b).double())
         assert torch.allclose(ql(x).double(), ref, rtol=1e-5, atol=1e-6)
         assert torch.equal(ql.dequantized_weight(), QuantLinear.from_quantized(qw, bits=b, layout="fixed",
                                                                              dtype=torch.float32).dequantized_weight())
         with pytest.raises(ValueError, match="layout='resident'"):
-            ql.set_bits(6 - b)
+            ql.set_bits(8)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=3), "pass bits=2 or bits=4"),
+    (dict(bits=5), "pass bits=2, 3 or 4"),
     (dict(bits=4, group_size=64), "groups of 128"),
     (dict(bits=4, asym=True), "symmetric"),
     (dict(bits=4, n=40), "multiple of 16"),
@@ -246,24 +264,25 @@ def test_lop3_refuses_what_it_cannot_hold(kwargs, match):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel needs a GPU")
+@pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 7, 8, 9, 16, 20])
-def test_lop3_kernel_on_gpu(m):
+def test_lop3_kernel_on_gpu(m, bits):
     from matgptq.kernels.configs import KernelConfig
     from matgptq.kernels.dispatch import run_config
 
-    pw, w = _lop3_case(512, 2048, 4, "nested", seed=m)
+    pw, w = _lop3_case(512, 2048, bits, "nested", seed=m)
     pw = pw.with_buffers(pw.qweight.cuda(), pw.scales.cuda(), None)
     x = torch.randn(m, 2048, device="cuda").half()
     for cfg in (KernelConfig("lop3", split_k=1, num_warps=4, num_stages=4),
                 KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2)):
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
-        run_config(cfg, x, pw, 4, out, None)
+        run_config(cfg, x, pw, bits, out, None)
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
 
 
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("n,k", [(4096, 14336), (16384, 16384), (512, 2048)])
 @pytest.mark.parametrize("m", [1, 8, 16, 20, 32, 33])
 def test_lop3_launches_fit_their_shared_memory(n, k, m, bits):

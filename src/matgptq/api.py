@@ -219,7 +219,7 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
     written by :func:`quantize_model` and the published MatGPTQ format.
 
     ``layout``: ``"resident"`` (switchable), ``"fixed"`` (one width per layer), or ``"lop3"``
-    (one width per layer, the fastest batch 1-16 decode on a GPU where a layer is at 2 or 4 bits
+    (one width per layer, the fastest batch 1-16 decode on a GPU where a layer is at 2, 3 or 4 bits
     on a symmetric grid with groups of 128; the other layers get ``"fixed"``, and a log line
     says how many).
     """
@@ -268,7 +268,7 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
             not_lop3.append(name)
         set_submodule(model, name, ql)
     if not_lop3:
-        log.info("layout='lop3': %d of %d layers are not 2/4-bit symmetric with groups of 128 (e.g. %s); they use "
+        log.info("layout='lop3': %d of %d layers are not 2/3/4-bit symmetric with groups of 128 (e.g. %s); they use "
                  "layout='fixed'", len(not_lop3), len(qws), not_lop3[0])
     rest = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in rest.items()}
     result = model.load_state_dict(rest, strict=False, assign=True)

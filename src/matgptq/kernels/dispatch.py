@@ -247,7 +247,7 @@ def launch_lop3_gemm(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.T
 
     m, ng = x2.shape[0], pw.k // 128
     two_d, zb = _lop3_zero(pw, bits)
-    asm = inline_asm_ok()  # v = v0 + k by a lop3 into the mantissa of v0 (1024 in fp16, 128 in bf16)
+    asm = inline_asm_ok() and bits != 3  # v = v0 + k by a lop3 into the mantissa of v0 (fp16 1024, bf16 128)
     magic, v0 = ((0x64006400, 1024.0) if x2.dtype == torch.float16 else (0x43004300, 128.0)) if asm else (0, 0.0)
     gps = -(-ng // max(1, cfg.split_k))
     split = -(-ng // gps)

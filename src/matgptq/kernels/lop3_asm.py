@@ -8,7 +8,7 @@ layout (:mod:`.lop3_pack`) puts rows 2g, 2g + 1 of the row tile at mma rows g, g
 
 from __future__ import annotations
 
-from .lop3_pack import P2, SH2, SH4
+from .lop3_pack import P2, P3, SH2, SH4
 
 try:
     import triton
@@ -23,25 +23,43 @@ FP16_ONE = 0x3C00
 
 
 @constexpr_function
+def _shift(src, sh, name):
+    """The instruction that shifts ``src`` by sh (+ left, - right) into ``name`` (none when sh is
+    0), and the register that holds the result."""
+    if not sh:
+        return [], src
+    return [f"{'shl.b32' if sh > 0 else 'shr.u32'} {name}, {src}, {abs(sh)};"], name
+
+
+@constexpr_function
 def code_asm(bits, j0, first):
     """Steps j0, j0+1: $0-3 the result, $4-7 the lane's four words, $8-11 the activations of the
-    two steps (b0, b1 of j0, then of j0+1), $12-15 the accumulator (first: zero)."""
+    two steps (b0, b1 of j0, then of j0+1), $12-15 the accumulator (first: zero). 3 bits: $8-9
+    the lane's two low-bit words (10-11 copies), the activations at $12-15, the accumulator at
+    $16-19."""
     bits, j0 = int(bits), int(j0)
-    lines = ["{", ".reg .b32 s<4>, a<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
+    xo = 12 if bits == 3 else 8
+    lines = ["{", ".reg .b32 s<4>, l<4>, a<8>;", ".reg .f32 e<4>, z;", "mov.f32 z, 0f00000000;"]
     for jj in range(2):
         j = j0 + jj
-        sh, p = (SH2[j], P2[j]) if bits == 2 else (SH4[j % 4], 4)
-        mask = (((1 << bits) - 1) << p) * 0x10001
-        magic = ((25 - p) << 10) * 0x10001  # the fp16 exponent of 2^(10-p): the pair (2^(10-p) + k, ..)
+        sh, p = (SH2[j], P2[j]) if bits in (2, 3) else (SH4[j % 4], 4)
+        q = P3[j] if bits == 3 else p  # the mantissa bit of the code's lowest bit
+        mask = (((1 << (2 if bits == 3 else bits)) - 1) << p) * 0x10001  # 3 bits: the top two
+        magic = ((25 - q) << 10) * 0x10001  # the fp16 exponent of 2^(10-q): the pair (2^(10-q) + k, ..)
         for r in range(4):
-            src = f"${4 + r}"
-            if sh:
-                lines.append(f"{'shl.b32' if sh > 0 else 'shr.u32'} s{r}, {src}, {abs(sh)};")
-                src = f"s{r}"
-            lines.append(f"lop3.b32 a{4 * jj + r}, {src}, {mask}, {magic}, 0xEA;")  # (src & mask) | magic
-    acc = "{z, z, z, z}" if first else "{$12, $13, $14, $15}"
-    lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{$8, $9}}, {acc};")
-    lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{$10, $11}}, {{e0, e1, e2, e3}};")
+            a = f"a{4 * jj + r}"
+            ins, src = _shift(f"${4 + r}", sh, f"s{r}")
+            lines += ins
+            if bits != 3:
+                lines.append(f"lop3.b32 {a}, {src}, {mask}, {magic}, 0xEA;")  # (src & mask) | magic
+                continue
+            lines.append(f"lop3.b32 {a}, {src}, {mask}, {magic}, 0xEA;")  # the top two bits at P2[j]
+            ins, low = _shift(f"${8 + r // 2}", P3[j] - 2 * j - r % 2, f"l{r}")  # lop3_pack.low_bit_shift
+            lines += ins
+            lines.append(f"lop3.b32 {a}, {low}, {(1 << q) * 0x10001}, {a}, 0xEA;")  # | the low bit at P3[j]
+    acc = "{z, z, z, z}" if first else f"{{${xo + 4}, ${xo + 5}, ${xo + 6}, ${xo + 7}}}"
+    lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{${xo}, ${xo + 1}}}, {acc};")
+    lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{${xo + 2}, ${xo + 3}}}, {{e0, e1, e2, e3}};")
     lines.append("}")
     return "\n".join(lines)
 
@@ -80,10 +98,11 @@ def end_asm(zc, one_row):
     return "\n".join(lines)
 
 
-def offset_quads() -> list[int]:
-    """The offset mma's A registers {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..} as int32 fp16 pairs."""
+def offset_quads(bits: int = 2) -> list[int]:
+    """The offset mma's A registers {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..} as int32 fp16 pairs
+    (3 bits: 128, 32, 8, the offsets of its steps at P3 = P2 - 1)."""
     vals = []
-    for off in (0x5400, 0x4C00, 0x4400):  # 64, 16, 4 in fp16
+    for off in ((0x5800, 0x5000, 0x4800) if int(bits) == 3 else (0x5400, 0x4C00, 0x4400)):  # fp16 64, 16, 4
         vals += [FP16_ONE * 0x10001, off * 0x10001, FP16_ONE * 0x10001, off * 0x10001]
     return [v - (1 << 32) if v >= 1 << 31 else v for v in vals]
 
@@ -91,12 +110,19 @@ def offset_quads() -> list[int]:
 @constexpr_function
 def ring_regions(bits, stages, nthreads, xbytes):
     """Byte offsets in the kernel's one shared allocation: the code ring [stage][chunk][thread]
-    16 bytes at 0, the scale ring [stage][thread] 4 bytes, the activation block (xbytes); and the
-    allocation's size in int32 words (a power of two, as Gluon's allocations must be)."""
+    16 bytes at 0 (3 bits: then the low-bit ring [stage][thread] 8 bytes, at :func:`low_ring`),
+    the scale ring [stage][thread] 4 bytes, the activation block (xbytes); and the allocation's
+    size in int32 words (a power of two, as Gluon's allocations must be)."""
     bits, stages, nthreads, xbytes = int(bits), int(stages), int(nthreads), int(xbytes)
-    soff = stages * (bits // 2) * nthreads * 16
+    soff = low_ring(bits, stages, nthreads) + (stages * nthreads * 8 if bits == 3 else 0)
     xoff = soff + stages * nthreads * 4
     return soff, xoff, 1 << max(0, (xoff + xbytes - 1) // 4).bit_length()
+
+
+@constexpr_function
+def low_ring(bits, stages, nthreads):
+    """3 bits: the byte offset of the low-bit ring (after the code ring)."""
+    return int(stages) * (int(bits) // 2) * int(nthreads) * 16
 
 
 @constexpr_function
@@ -104,14 +130,18 @@ def issue_asm(bits, stages, nthreads, slot):
     """Copy one group into slot ``slot`` of this thread's rings: $4 the code address, $8 the scale
     address (int64, element 0 of each lane's four), $12 whether the group is real (else no code is
     copied and the scale slot is zero-filled, so it adds s * 0 = 0; the group is still committed so
-    that the wait counts stay exact), $16 / $17 the thread's ring bases (16 / 4 bytes a thread).
-    A lane's code chunks are 512 bytes apart (word sets u = 0, 1 of the layout). $0-3 a dummy."""
+    that the wait counts stay exact), $16 / $17 / $18 the thread's ring bases (16 / 4 / 8 bytes a
+    thread), 3 bits: $20 the address of the lane's two low-bit words. A lane's code chunks are 512
+    bytes apart (word sets u = 0, 1 of the layout). $0-3 a dummy."""
     bits, stages, nthreads, slot = int(bits), int(stages), int(nthreads), int(slot)
     ch = bits // 2
     soff, _, _ = ring_regions(bits, stages, nthreads, 0)
     t = ["{", ".reg .u32 sz;", ".reg .pred v;", "setp.ne.s32 v, $12, 0;", "selp.u32 sz, 4, 0, v;"]
     for j in range(ch):
         t.append(f"@v cp.async.cg.shared.global [$16+{(slot * ch + j) * nthreads * 16}], [$4+{512 * j}], 16;")
+    if bits == 3:
+        t.append(f"@v cp.async.ca.shared.global [$18+{low_ring(bits, stages, nthreads) + slot * nthreads * 8}], "
+                 "[$20], 8;")
     t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)

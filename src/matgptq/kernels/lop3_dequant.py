@@ -9,7 +9,9 @@ the thread that loaded it (position e = 2f + h: field f of half h, bit 16h + b·
 positions 2i and 2i + 1 are adjacent columns): the [rows, 128] codes come out in *word order*,
 position p = 2·nf·q + e holding column :func:`word_order_cols` [p]. A dot does not care about
 the order of k (the gemm loads the activations in the same order); the dequantize puts the
-columns in place with one register permute, so its stores are whole rows."""
+columns in place with one register permute, so its stores are whole rows. 3 bits: the tiles of
+the top two bits (the 2-bit layout in a block of 192 words) with the low bits or-ed in from the
+block's last 64 words (:func:`block_codes`, :func:`pair_codes`)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ if triton is not None:
 
     @triton.jit
     def block_words(Q, rows, N, G, NG, BITS: tl.constexpr):
-        """The words of group G for ``rows`` (zero past N): [rows, 8·nu] uint32, in the order q."""
-        NF: tl.constexpr = 16 // BITS  # fields per 16-bit half
+        """The words of group G for ``rows`` (zero past N): [rows, 8·nu] uint32, in the order q
+        (3 bits: the words of the top two bits)."""
+        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        NF: tl.constexpr = 16 // LB  # fields per 16-bit half
         NU: tl.constexpr = 8 // NF  # word sets
         BLK: tl.constexpr = 64 * BITS  # words per block
         q = tl.arange(0, 8 * NU)[None, :]
@@ -42,8 +46,10 @@ if triton is not None:
     def pair_words(Q, prs, N, G, NG, BITS: tl.constexpr):
         """The words of group G for the row pairs ``prs`` (pair 8t + g: rows 16t + 2g + r0, zero past
         N) as [pairs, 16·nu] uint32, j = 16u + 4c + 2r1 + r0: each pair's 16 words of a word set lie
-        contiguous in the block, so these are 16-byte loads (the tensor-core kernel's tile)."""
-        NF: tl.constexpr = 16 // BITS
+        contiguous in the block, so these are 16-byte loads (the tensor-core kernel's tile; 3 bits:
+        the top two bits)."""
+        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         BLK: tl.constexpr = 64 * BITS
         j = tl.arange(0, 16 * NU)[None, :]
@@ -52,10 +58,46 @@ if triton is not None:
         return w.to(tl.uint32, bitcast=True)
 
     @triton.jit
+    def low_codes(wb, r0):
+        """3 bits: the low bits [.., words, 16] of a tile of low-bit words, position e = 2f + h as
+        word_codes (bit 16h + 2f + r0; r0, the row's parity, broadcast against [.., words, 1])."""
+        e = tl.arange(0, 16)[None, None, :]
+        return ((wb[:, :, None] >> (16 * (e % 2) + 2 * (e // 2) + r0)) & 1).to(tl.int32)
+
+    @triton.jit
+    def block_codes(Q, rows, N, G, NG, BITS: tl.constexpr):
+        """The codes of group G for ``rows`` [rows, 8·nu, 2·nf] in word order (:func:`block_words`
+        expanded; 3 bits: the top two bits' tile, the low bits or-ed in)."""
+        if BITS == 3:
+            q = tl.arange(0, 8)[None, :]  # = 2c + r1; lane 4g + c's low words at 128 + 2(4g + c) + r1
+            blk = Q + (rows[:, None] // 16).to(tl.int64) * (NG * 192) + G * 192
+            wb = tl.load(blk + 128 + 8 * (rows[:, None] % 16 // 2) + q, mask=rows[:, None] < N, other=0)
+            top = word_codes(block_words(Q, rows, N, G, NG, BITS), 2)
+            c = (top << 1) | low_codes(wb.to(tl.uint32, bitcast=True), (rows % 2)[:, None, None])
+        else:
+            c = word_codes(block_words(Q, rows, N, G, NG, BITS), BITS)
+        return c
+
+    @triton.jit
+    def pair_codes(Q, prs, N, G, NG, BITS: tl.constexpr):
+        """The codes of :func:`pair_words` [pairs, 16·nu, 2·nf] (3 bits: the low bits or-ed in; row
+        parity r0 = j % 2)."""
+        if BITS == 3:
+            j = tl.arange(0, 16)[None, :]
+            blk = Q + (prs[:, None] // 8).to(tl.int64) * (NG * 192) + G * 192 + 128 + 8 * (prs[:, None] % 8)
+            wb = tl.load(blk + j // 2, mask=2 * prs[:, None] < N, other=0)
+            top = word_codes(pair_words(Q, prs, N, G, NG, BITS), 2)
+            c = (top << 1) | low_codes(wb.to(tl.uint32, bitcast=True), (j % 2)[:, :, None])
+        else:
+            c = word_codes(pair_words(Q, prs, N, G, NG, BITS), BITS)
+        return c
+
+    @triton.jit
     def pair_tile(v, BITS: tl.constexpr, BN: tl.constexpr):
         """Expanded :func:`pair_words` [pairs, 16·nu, 2·nf] -> [BN, 128]: row 2·pair + r0, position
         p = 2·nf·q + e in word order. The permute moves r0, which the thread holds, to the rows."""
-        NF: tl.constexpr = 16 // BITS
+        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         v = tl.reshape(v, (BN // 2, NU, 4, 2, 2, 2 * NF))  # pair, u, c, r1, r0, e
         return tl.reshape(tl.permute(v, (0, 4, 2, 1, 3, 5)), (BN, 128))
@@ -121,7 +163,8 @@ if triton is not None:
     def word_order_pairs(BITS: tl.constexpr):
         """[64, 2]: the columns of word-order positions 2i and 2i + 1 (see the module doc), built
         as pair start + (0, 1) so that Triton sees the pairs contiguous and 4-byte aligned."""
-        NF: tl.constexpr = 16 // BITS
+        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         i = tl.arange(0, 64)
         q, f = i // NF, i % NF
@@ -137,10 +180,10 @@ if triton is not None:
     def lop3_dequant_kernel(Q, S, OUT, N, K, SP, NG, two_d, zb, BITS: tl.constexpr, RT: tl.constexpr):
         pid_t = tl.program_id(0)
         G = tl.program_id(1)
-        NF: tl.constexpr = 16 // BITS
+        NF: tl.constexpr = 16 // (2 if BITS == 3 else BITS)
         R: tl.constexpr = 16 * RT
         r = pid_t * R + tl.arange(0, R)
-        code = tl.reshape(word_codes(block_words(Q, r, N, G, NG, BITS), BITS), (R, 128))  # [R, (c, u, r1, f, h)]
+        code = tl.reshape(block_codes(Q, r, N, G, NG, BITS), (R, 128))  # [R, (c, u, r1, f, h)]
         code = tl.permute(tl.reshape(code, (R, 32 // NF, 2, NF, 2)), (0, 1, 3, 2, 4))  # -> (c, u, f, r1, h)
         code = tl.reshape(code, (R, 128))
         mask = r[:, None] < N

@@ -16,7 +16,7 @@ from .triton_decode import triton
 if triton is not None:
     import triton.language as tl
 
-    from .lop3_dequant import pair_tile, pair_words, word_codes, word_order_pairs, word_values
+    from .lop3_dequant import pair_codes, pair_tile, pair_words, word_order_pairs, word_values
     from .triton_decode import finish_tile
 
     @triton.jit(do_not_specialize=["M", "NG", "GPS", "SPLIT_K"])
@@ -36,16 +36,15 @@ if triton is not None:
         g0 = pid_k * GPS
         g1 = tl.minimum(g0 + GPS, NG)
         for G in tl.range(g0, g1, num_stages=NS):
-            w = pair_words(Q, prs, N, G, NG, BITS)
             xv = tl.reshape(tl.load(xrow + G * 128, mask=mrow, other=0.0), (BM, 128))  # in word order
             if F32DOT:  # the interpreter's bf16 dot is wrong; codes and bf16 values are exact in fp32
-                wt = pair_tile(word_codes(w, BITS), BITS, BN).to(tl.float32)
+                wt = pair_tile(pair_codes(Q, prs, N, G, NG, BITS), BITS, BN).to(tl.float32)
                 d = tl.dot(xv.to(tl.float32), tl.trans(wt), input_precision="ieee")
-            elif ASM:  # v0 + k from one shift and one lop3 per pair
-                v = word_values(w, BITS, MAGIC, X.dtype.element_ty == tl.bfloat16)
+            elif ASM and BITS != 3:  # v0 + k from one shift and one lop3 per pair
+                v = word_values(pair_words(Q, prs, N, G, NG, BITS), BITS, MAGIC, X.dtype.element_ty == tl.bfloat16)
                 d = tl.dot(xv, tl.trans(pair_tile(v, BITS, BN)))
-            else:
-                d = tl.dot(xv, tl.trans(pair_tile(word_codes(w, BITS), BITS, BN).to(xv.dtype)))
+            else:  # (3 bits: the codes, v0 = 0)
+                d = tl.dot(xv, tl.trans(pair_tile(pair_codes(Q, prs, N, G, NG, BITS), BITS, BN).to(xv.dtype)))
             xs = tl.sum(xv.to(tl.float32), axis=1)
             s = tl.load(S + G * SP + rows, mask=rows < N, other=0.0).to(tl.float32)
             acc += s[None, :] * (d * two_d - zv * xs[:, None])  # zv = 2^d v0 + z_b

@@ -10,7 +10,8 @@ needed in the loop. The program's activations are copied into shared memory once
 16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
 batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
 on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32;
-batches of 9-16 rows (HB) repeat the mmas for rows 8-15 on the same decoded pairs.
+batches of 9-16 rows (HB) repeat the mmas for rows 8-15 on the same decoded pairs. 3 bits: each
+thread also copies its 8 bytes of low bits into a third ring, and a pair takes a second lop3.
 
 Symmetric grids only (one zero for the whole slice, a compile-time constant).
 Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
@@ -38,8 +39,16 @@ def gluon_available() -> bool:
 if gluon is not None:
 
     @gluon.jit
-    def code2(w, xq, d, BITS: gl.constexpr, J0: gl.constexpr, FIRST: gl.constexpr):
-        if FIRST:
+    def code2(w, wb, xq, d, BITS: gl.constexpr, J0: gl.constexpr, FIRST: gl.constexpr):
+        """Steps J0, J0 + 1 (lop3_asm.code_asm); 3 bits: wb holds the lane's two low-bit words."""
+        if BITS == 3:
+            if FIRST:
+                d = gl.inline_asm_elementwise(A.code_asm(BITS, J0, True), "=f,=f,=f,=f" + ",r" * 12, [w, wb, xq],
+                                              dtype=gl.float32, is_pure=True, pack=4)
+            else:
+                d = gl.inline_asm_elementwise(A.code_asm(BITS, J0, False), "=f,=f,=f,=f" + ",r" * 12 + ",f,f,f,f",
+                                              [w, wb, xq, d], dtype=gl.float32, is_pure=True, pack=4)
+        elif FIRST:
             d = gl.inline_asm_elementwise(A.code_asm(BITS, J0, True), "=f,=f,=f,=f" + ",r" * 8, [w, xq],
                                           dtype=gl.float32, is_pure=True, pack=4)
         else:
@@ -59,7 +68,8 @@ if gluon is not None:
 
     @gluon.jit
     def quad(j: gl.constexpr, BITS: gl.constexpr, q64, q16, q4):
-        """The offset quad of step j (lop3_pack.P2: offsets 64, 16, 4 at p = 4, 6, 8)."""
+        """The offset quad of step j (lop3_pack.P2: offsets 64, 16, 4 at p = 4, 6, 8; 3 bits: the
+        table's 128, 32, 8 at P3 = P2 - 1)."""
         if BITS == 4:
             r = q64
         elif j == 4 or j == 7:
@@ -71,7 +81,7 @@ if gluon is not None:
         return r
 
     @gluon.jit
-    def group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
+    def group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
                    ONE_ROW: gl.constexpr):
         """One 128-column group of one batch half (x0..x3: its activations): the offset mma, the
         code mmas and the group's end. The second half's call repeats the decode's lop3s with the
@@ -80,10 +90,10 @@ if gluon is not None:
         p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
         p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
         p = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
-        d = code2(w0, x0, acc, BITS, 0, True)
-        d = code2(w0, x1, d, BITS, 2, False)
-        d = code2(w1, x2, d, BITS, 4, False)
-        d = code2(w1, x3, d, BITS, 6, False)
+        d = code2(w0, wb, x0, acc, BITS, 0, True)
+        d = code2(w0, wb, x1, d, BITS, 2, False)
+        d = code2(w1, wb, x2, d, BITS, 4, False)
+        d = code2(w1, wb, x3, d, BITS, 6, False)
         return gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
                                          [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
 
@@ -148,11 +158,12 @@ if gluon is not None:
 
     @gluon.jit
     def ring_bases(like):
-        """This thread's ring bases in the shared window, 16 and 4 bytes a thread, as elements 0, 1
-        (and again 2, 3) of its pack of four: an asm that takes the pack sees them as $k, $k+1."""
+        """This thread's ring bases in the shared window, 16, 4 and 8 bytes a thread, as elements
+        0, 1, 2 (3: a copy of 1) of its pack of four: an asm that takes the pack sees them as $k,
+        $k+1, $k+2."""
         return gl.inline_asm_elementwise("{ .reg .u32 b, t; mov.u32 b, global_smem; mov.u32 t, %tid.x; "
                                          "mad.lo.u32 $0, t, 16, b; mad.lo.u32 $1, t, 4, b; "
-                                         "mov.u32 $2, $0; mov.u32 $3, $1; }", "=r,=r,=r,=r,r,r,r,r", [like],
+                                         "mad.lo.u32 $2, t, 8, b; mov.u32 $3, $1; }", "=r,=r,=r,=r,r,r,r,r", [like],
                                          dtype=gl.int32, is_pure=True, pack=4)
 
     @gluon.jit
@@ -170,6 +181,13 @@ if gluon is not None:
                                          [base], dtype=gl.int32, is_pure=False, pack=4)
 
     @gluon.jit
+    def read8(base, off: gl.constexpr):
+        """3 bits: this thread's two low-bit words at its 8-byte ring base + off, as elements 0, 1
+        (2, 3: copies)."""
+        return gl.inline_asm_elementwise(f"ld.shared.v2.u32 {{$0, $1}}, [$6+{off}]; mov.b32 $2, $0; mov.b32 $3, $1;",
+                                         "=r,=r,=r,=r,r,r,r,r", [base], dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
     def read_scales(base, off: gl.constexpr):
         """This thread's two scales (rows 2g, 2g+1) at its 4-byte ring base + off: four fp16 as two
         pairs, the second a copy of the first."""
@@ -184,14 +202,23 @@ if gluon is not None:
                                          pack=1)
 
     @gluon.jit
-    def issue(Q, S, qo, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
+    def issue(Q, S, qo, qb, so, G, g1, SP, bases, BLK: gl.constexpr, BITS: gl.constexpr, STAGES: gl.constexpr,
               NT: gl.constexpr, SLOT: gl.constexpr):
-        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT."""
+        """Copy group G's codes and scales (nothing when G >= g1) into ring slot SLOT; 3 bits: qb
+        the lane's low-bit words."""
         Gc = gl.minimum(G, g1 - 1)
-        return gl.inline_asm_elementwise(A.issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
-                                         [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
-                                          (so * 0 + G < g1).to(gl.int32), bases], dtype=gl.int32, is_pure=False,
-                                         pack=4)
+        if BITS == 3:
+            r = gl.inline_asm_elementwise(A.issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8
+                                          + ",l" * 4, [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
+                                                       (so * 0 + G < g1).to(gl.int32), bases,
+                                                       (Q + qb + Gc * BLK).to(gl.int64)], dtype=gl.int32, is_pure=False,
+                                          pack=4)
+        else:
+            r = gl.inline_asm_elementwise(A.issue_asm(BITS, STAGES, NT, SLOT), "=r,=r,=r,=r" + ",l" * 8 + ",r" * 8,
+                                          [(Q + qo + Gc * BLK).to(gl.int64), (S + so + Gc * SP).to(gl.int64),
+                                           (so * 0 + G < g1).to(gl.int32), bases], dtype=gl.int32, is_pure=False,
+                                          pack=4)
+        return r
 
     @gluon.jit
     def x_block(X, stride_xm, M, g0, g1, XOFF: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr,
@@ -220,7 +247,7 @@ if gluon is not None:
                                          is_pure=False, pack=1)
 
     @gluon.jit
-    def _step(Q, S, qo, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
+    def _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
               BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
               CH: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, HB: gl.constexpr,
               i: gl.constexpr):
@@ -229,8 +256,11 @@ if gluon is not None:
         base = bases + wait_copies(STAGES - 2, bases)
         w0 = read16(base, i * CH * NT * 16)
         w1 = w0
+        wb = w0
         if BITS == 4:
             w1 = read16(base, (i * CH + 1) * NT * 16)
+        if BITS == 3:
+            wb = read8(base, A.low_ring(BITS, STAGES, NT) + i * NT * 8)
         x0 = read16(xg, i * XR * XS)
         x1 = read16(xg, i * XR * XS + 16)
         x2 = read16(xg, i * XR * XS + 32)
@@ -241,10 +271,10 @@ if gluon is not None:
             y1 = read16(xg2, i * XR * XS + 16)
             y2 = read16(xg2, i * XR * XS + 32)
             y3 = read16(xg2, i * XR * XS + 48)
-        issue(Q, S, qo, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-        acc = group_math(w0, w1, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+        issue(Q, S, qo, qb, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
+        acc = group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
         if HB:
-            acc2 = group_math(w0, w1, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False)
+            acc2 = group_math(w0, w1, wb, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False)
         return acc, acc2
 
     @gluon.jit
@@ -272,12 +302,13 @@ if gluon is not None:
         g, c, e, ta, so = lanes(pid_n, NW, LY)
         q64, q16, q4 = quads(AQ, e, ta)
         qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # word set u of a lane at + 128 u
+        qb = ta.to(gl.int64) * (NG * BLK) + 128 + (g * 4 + c) * 2 + e % 2  # 3 bits: the low-bit words
         bases = ring_bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
         x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
         for i in gl.static_range(STAGES - 1):
-            issue(Q, S, qo, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+            issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
         wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         gl.thread_barrier()  # and for every thread
         xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2)
@@ -291,7 +322,7 @@ if gluon is not None:
             for i in gl.static_range(STAGES):
                 G = G0 + i
                 if G < g1:
-                    acc, acc2 = _step(Q, S, qo, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
+                    acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
                                       ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
         wait_copies(0, e)
         gl.thread_barrier()
@@ -339,11 +370,11 @@ def check_window(k) -> None:
 _quad_tables: dict = {}
 
 
-def _quads_on(device: torch.device) -> torch.Tensor:
-    key = (device.type, device.index)
+def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
+    key = (device.type, device.index, bits)
     t = _quad_tables.get(key)
     if t is None:
-        t = _quad_tables[key] = torch.tensor(A.offset_quads(), dtype=torch.int32, device=device)
+        t = _quad_tables[key] = torch.tensor(A.offset_quads(bits), dtype=torch.int32, device=device)
     return t
 
 
@@ -363,7 +394,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     split = -(-ng // gps)
     cst = launch_consts(bits, warps, stages, gps, m)
     grid = (n // (16 * warps), split)
-    h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device), out, out.stride(0),
+    h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
                           num_warps=warps, **cst)

@@ -25,8 +25,8 @@ chunk are contiguous, so a tile of rows is one contiguous read whatever its heig
 Scales and zeros are stored transposed, [groups, N], so a kernel reads a row tile's scales of
 one group contiguously.
 
-- ``lop3``: a fixed-width 2- or 4-bit slice (symmetric grid, groups of 128) in the order of an
-  mma fragment, decoded by one ``lop3`` per fp16 pair (:mod:`.lop3_pack`): the batch 1-16
+- ``lop3``: a fixed-width 2-, 3- or 4-bit slice (symmetric grid, groups of 128) in the order of
+  an mma fragment, decoded by one ``lop3`` per fp16 pair (two at 3 bits; :mod:`.lop3_pack`): the batch 1-16
   decode layout. ``qweight`` is its int32 words, ``scales`` fp16 [groups, N + 16].
 """
 
@@ -287,7 +287,7 @@ def _pack_lop3(codes, scales, zeros, master_bits, slicing, group_size, bits) -> 
     """The ``lop3`` layout, after checking what it holds (each miss names the fix)."""
     n, k = codes.shape
     if bits is None or int(bits) not in LOP3_BITS:
-        raise ValueError(f"layout='lop3' packs one 2- or 4-bit slice; pass bits=2 or bits=4 (got {bits}), "
+        raise ValueError(f"layout='lop3' packs one 2-, 3- or 4-bit slice; pass bits=2, 3 or 4 (got {bits}), "
                          "or use layout='fixed' for other widths")
     bits = int(bits)
     if bits > master_bits:

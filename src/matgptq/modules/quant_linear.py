@@ -5,7 +5,7 @@ Two layouts (:mod:`matgptq.kernels.pack`):
 - ``"resident"`` (default): one packed copy of the master codes; ``bits`` switches precision in
   place, without copying or repacking (a b-bit read touches b bits, b+1 under ``round``).
 - ``"fixed"``: only the b-bit slice, b bits per weight; serves that one width.
-- ``"lop3"``: only the 2- or 4-bit slice of a symmetric grid with groups of 128, in the order
+- ``"lop3"``: only the 2-, 3- or 4-bit slice of a symmetric grid with groups of 128, in the order
   its batch 1-16 GPU kernel decodes with one instruction per fp16 pair (larger batches:
   dequantize + cuBLAS). The fastest decode at those widths; it cannot switch precision.
 
