@@ -19,7 +19,6 @@ Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -168,13 +167,6 @@ if gluon is not None:
                                          dtype=gl.int32, is_pure=True, pack=4)
 
     @gluon.jit
-    def grid_dep(like, op: gl.constexpr):
-        """A programmatic-dependent-launch instruction (griddepcontrol.wait: the previous grid has
-        finished and its writes are visible; .launch_dependents: the next grid may start)."""
-        return gl.inline_asm_elementwise(op + " mov.u32 $0, 0;", "=r,r", [like], dtype=gl.int32, is_pure=False,
-                                         pack=1)
-
-    @gluon.jit
     def wait_copies(n: gl.constexpr, like):
         """cp.async.wait_group n: this thread's copy groups but the n newest have landed."""
         return gl.inline_asm_elementwise(f"cp.async.wait_group {n}; mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; "
@@ -290,7 +282,7 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, PDL: gl.constexpr = 0):
+                    XS: gl.constexpr, HB: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant."""
@@ -303,10 +295,6 @@ if gluon is not None:
         # store at the start and one at the end (nothing reads them)
         res = gl.allocate_shared_memory(gl.int32, [WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         z1 = gl.zeros([NT], gl.int32, L1)
-        if PDL == 1:
-            grid_dep(z1, "griddepcontrol.wait;")
-        if PDL != 0:
-            grid_dep(z1, "griddepcontrol.launch_dependents;")
         res.slice(0, NT).store(z1)
         gl.thread_barrier()  # that store lands before any thread's copies
         pid_n = gl.program_id(0)
@@ -318,17 +306,10 @@ if gluon is not None:
         bases = ring_bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
-        if PDL == 2:  # the weights first, then wait for the previous grid, then the activations
-            for i in gl.static_range(STAGES - 1):
-                issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
-            grid_dep(z1, "griddepcontrol.wait;")
-            x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
-            wait_copies(0, e)
-        else:
-            x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
-            for i in gl.static_range(STAGES - 1):
-                issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
-            wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
+        x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
+        for i in gl.static_range(STAGES - 1):
+            issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+        wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         gl.thread_barrier()  # and for every thread
         xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2)
         xl = xc + gl.minimum(g, M - 1) * XS  # batch row g (the mma's column), rows past M read row M - 1
@@ -413,10 +394,9 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     split = -(-ng // gps)
     cst = launch_consts(bits, warps, stages, gps, m)
     grid = (n // (16 * warps), split)
-    pdl = int(os.environ.get("MATGPTQ_PDL", "0"))
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
-                          num_warps=warps, PDL=pdl, launch_pdl=pdl != 0, **cst)
+                          num_warps=warps, **cst)
     check_window(h)
     return out
