@@ -19,7 +19,6 @@ Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -82,42 +81,19 @@ if gluon is not None:
         return r
 
     @gluon.jit
-    def _chain(w0, w1, wb, x0, x1, x2, x3, q64, q16, q4, like, BITS: gl.constexpr, CHAINS: gl.constexpr):
-        """The group's offset and code mmas (two steps a call) in CHAINS independent chains a kind
-        (1: two chains of eight mmas; 2: of four; 4: of two), summed: (offset sums, code sums)."""
-        p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, like, True)
-        d = code2(w0, wb, x0, like, BITS, 0, True)
-        if CHAINS == 1:
-            p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
-            p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
-            p = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
-            d = code2(w0, wb, x1, d, BITS, 2, False)
-            d = code2(w1, wb, x2, d, BITS, 4, False)
-            d = code2(w1, wb, x3, d, BITS, 6, False)
-        elif CHAINS == 2:
-            p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
-            p2 = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, like, True)
-            p2 = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p2, False)
-            d = code2(w0, wb, x1, d, BITS, 2, False)
-            d2 = code2(w1, wb, x2, like, BITS, 4, True)
-            d2 = code2(w1, wb, x3, d2, BITS, 6, False)
-            p = p + p2
-            d = d + d2
-        else:
-            p = (p + off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, like, True)) + (
-                off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, like, True)
-                + off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, like, True))
-            d = (d + code2(w0, wb, x1, like, BITS, 2, True)) + (code2(w1, wb, x2, like, BITS, 4, True)
-                                                                + code2(w1, wb, x3, like, BITS, 6, True))
-        return p, d
-
-    @gluon.jit
     def group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
-                   ONE_ROW: gl.constexpr, CHAINS: gl.constexpr):
+                   ONE_ROW: gl.constexpr):
         """One 128-column group of one batch half (x0..x3: its activations): the offset mma, the
         code mmas and the group's end. The second half's call repeats the decode's lop3s with the
         same operands; ptxas computes them once (the asm is plain PTX to it)."""
-        p, d = _chain(w0, w1, wb, x0, x1, x2, x3, q64, q16, q4, acc, BITS, CHAINS)
+        p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, acc, True)
+        p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
+        p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
+        p = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
+        d = code2(w0, wb, x0, acc, BITS, 0, True)
+        d = code2(w0, wb, x1, d, BITS, 2, False)
+        d = code2(w1, wb, x2, d, BITS, 4, False)
+        d = code2(w1, wb, x3, d, BITS, 6, False)
         return gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
                                          [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
 
@@ -274,7 +250,7 @@ if gluon is not None:
     def _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
               BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
               CH: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, HB: gl.constexpr,
-              CHAINS: gl.constexpr, i: gl.constexpr):
+              i: gl.constexpr):
         """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
         group G + STAGES - 1, decode; with HB, batch rows 8-15 too (activations at xg2, into acc2)."""
         base = bases + wait_copies(STAGES - 2, bases)
@@ -296,9 +272,9 @@ if gluon is not None:
             y2 = read16(xg2, i * XR * XS + 32)
             y3 = read16(xg2, i * XR * XS + 48)
         issue(Q, S, qo, qb, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-        acc = group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW, CHAINS)
+        acc = group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
         if HB:
-            acc2 = group_math(w0, w1, wb, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False, CHAINS)
+            acc2 = group_math(w0, w1, wb, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False)
         return acc, acc2
 
     @gluon.jit
@@ -306,7 +282,7 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, CHAINS: gl.constexpr = 1):
+                    XS: gl.constexpr, HB: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant."""
@@ -347,7 +323,7 @@ if gluon is not None:
                 G = G0 + i
                 if G < g1:
                     acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
-                                      ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, CHAINS, i)
+                                      ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
         wait_copies(0, e)
         gl.thread_barrier()
         res.slice(0, NT).store(z1)
@@ -421,6 +397,6 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
-                          num_warps=warps, CHAINS=int(os.environ.get("MATGPTQ_LOP3_CHAINS", "1")), **cst)
+                          num_warps=warps, **cst)
     check_window(h)
     return out
