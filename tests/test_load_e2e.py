@@ -86,3 +86,19 @@ def test_reads_published_format(tmp_path):
         model.set_bits(b)
         with torch.no_grad():
             assert torch.equal(model(X).logits, _fake(original, r.layers, b)(X).logits)
+
+
+def test_lop3_with_bf16_loads_fixed_and_says_so(tmp_path, caplog):
+    """The lop3 layout's fast kernel takes fp16: a bf16 load gets the fixed layout and a warning;
+    its outputs are those of a fixed-layout bf16 load."""
+    original = tiny_model("llama", layers=1)
+    r = quantize_model(copy.deepcopy(original), tmp_path / "ck", QuantConfig(bits=(8, 4, 3), group_size=32),
+                       calibration=IDS, progress=False)
+    with caplog.at_level("WARNING", logger="matgptq"):
+        model = load(r.path, bits=4, layout="lop3", dtype=torch.bfloat16)
+    assert "dtype=torch.float16 for lop3" in caplog.text
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.layout == "fixed" for m in layers)
+    fixed = load(r.path, bits=4, layout="fixed", dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(model(X).logits, fixed(X).logits)

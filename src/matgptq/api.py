@@ -221,7 +221,10 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
     ``layout``: ``"resident"`` (switchable), ``"fixed"`` (one width per layer), or ``"lop3"``
     (one width per layer, the fastest batch 1-16 decode on a GPU where a layer is at 2, 3 or 4 bits
     on a symmetric grid with groups of 128; the other layers get ``"fixed"``, and a log line
-    says how many).
+    says how many). Its fast kernel takes fp16 activations: with ``dtype=torch.bfloat16`` every
+    layer gets ``"fixed"`` instead (on the H200 the lop3 layout ran bf16 at 0.2-0.7x the speed of
+    ``F.linear``, the fixed layout at 1.1-2.3x up to 16 rows; ``benchmarks/bf16_layouts.py``), with
+    a warning.
     """
     from .models.loading import parse_dtype
     from .models.traverse import set_submodule
@@ -240,6 +243,10 @@ def load(path: str | os.PathLike, bits: int | dict[str, int] | None = None, *, d
     if dtype is None or dtype == "auto":
         name = ck.model_config.get("dtype") or ck.model_config.get("torch_dtype") or "float32"
         dtype = parse_dtype(name) if name != "auto" else torch.float32
+    if layout == "lop3" and dtype == torch.bfloat16:
+        log.warning("layout='lop3' serves fp16 activations; with dtype=bfloat16 its layers would run slower than "
+                    "bf16 F.linear, so they use layout='fixed' (load with dtype=torch.float16 for lop3)")
+        layout = "fixed"
     model = _empty_model(ck.model_config, dtype)
     qws, rest = ck.read()
     not_lop3: list[str] = []

@@ -1,0 +1,87 @@
+"""bf16 activations on each serving layout, as a user gets them: ``quant_matmul`` with the
+dispatcher's own choice (tuned table, else heuristic) on the lop3, fixed and resident layouts,
+against bf16 ``F.linear``, timed in one CUDA graph over rotating weight copies as kernel_bench.py
+does. Checks each layout against float64 first (NaN-poisoned outputs).
+
+    python benchmarks/bf16_layouts.py --out benchmarks/results --tag h200     # GPU
+
+Prints µs per layout and the speed against F.linear, writes bf16_layouts_TAG.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernel_bench as kb  # noqa: E402
+
+from matgptq.kernels.dispatch import choose_config, quant_matmul  # noqa: E402
+from matgptq.quant.grid import dequantize  # noqa: E402
+
+LAYOUTS = ("lop3", "fixed", "resident")
+
+
+def check(widths, n=512, k=2048):
+    worst = 0.0
+    for bits in widths:
+        for layout in LAYOUTS:
+            pw, (q, s, z) = kb.make_packed(n, k, bits, layout, "nested", 128, seed=bits)
+            w = dequantize(q.cpu(), s.cpu(), z.cpu(), 8, bits, "nested", 128, torch.float64)
+            for m in (1, 5, 16, 33):
+                x = torch.randn(m, k, device="cuda").bfloat16()
+                out = quant_matmul(x, pw, bits)
+                ref = x.double().cpu() @ w.t()
+                err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
+                if out.dtype != torch.bfloat16 or not torch.isfinite(out).all() or err > 1e-2:
+                    raise SystemExit(f"{layout} {bits} bits batch {m}: relative error {err} ({out.dtype})")
+                worst = max(worst, err)
+    return worst
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192")
+    ap.add_argument("--bits", default="2,3,4")
+    ap.add_argument("--batches", default="1,4,16,32")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--tag", default="h200")
+    args = ap.parse_args()
+    widths = [int(b) for b in args.bits.split(",")]
+    worst = check(widths)
+    print(f"checks: worst relative error {worst:.2e}", flush=True)
+    rows = []
+    for shape in args.shapes.split(","):
+        n, k = (int(v) for v in shape.split("x"))
+        w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(kb.copies_for(2 * n * k))]
+        for bits in widths:
+            packs = {}
+            for layout in LAYOUTS:
+                pw0, _ = kb.make_packed(n, k, bits, layout, "nested", 128, seed=bits)
+                packs[layout] = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
+            for m in (int(b) for b in args.batches.split(",")):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                row = dict(shape=shape, bits=bits, batch=m,
+                           bf16_us=round(kb.graph_time([lambda w=w: F.linear(x, w) for w in w16]), 2))
+                for layout, pws in packs.items():
+                    row[f"{layout}_config"] = choose_config(x, pws[0], bits).key()
+                    row[f"{layout}_us"] = round(kb.graph_time([lambda p=p: quant_matmul(x, p, bits) for p in pws]), 2)
+                rows.append(row)
+                print(f"{shape:>11} b{bits} m{m:<3} bf16 {row['bf16_us']:7.2f} µs  " + "  ".join(
+                    f"{lay} {row[f'{lay}_us']:7.2f} ({row['bf16_us'] / row[f'{lay}_us']:.2f}x, {row[f'{lay}_config']})"
+                    for lay in LAYOUTS), flush=True)
+                if args.out:
+                    os.makedirs(args.out, exist_ok=True)
+                    path = os.path.join(args.out, f"bf16_layouts_{args.tag}.json")
+                    with open(path + ".tmp", "w") as f:
+                        json.dump(dict(check_worst_rel_err=worst, rows=rows), f, indent=1)
+                    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()
