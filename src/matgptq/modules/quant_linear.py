@@ -6,8 +6,9 @@ Two layouts (:mod:`matgptq.kernels.pack`):
   place, without copying or repacking (a b-bit read touches b bits, b+1 under ``round``).
 - ``"fixed"``: only the b-bit slice, b bits per weight; serves that one width.
 - ``"lop3"``: only the 2-, 3- or 4-bit slice of a symmetric grid with groups of 128, in the order
-  its batch 1-16 GPU kernel decodes with one instruction per fp16 pair (larger batches:
-  dequantize + cuBLAS). The fastest decode at those widths; it cannot switch precision.
+  its batch 1-32 GPU kernel decodes with one instruction per fp16 pair (two at 3 bits; larger
+  batches: dequantize + cuBLAS). The fastest fp16 decode at those widths; it cannot switch
+  precision, and bf16 inputs take a much slower path (use ``"fixed"`` for bf16 models).
 
 On CUDA with Triton the forward pass runs the fused kernels (:func:`quant_matmul`). Elsewhere
 (CPU, no Triton) it dequantizes once per precision with plain torch and caches the weight, so
