@@ -4,8 +4,12 @@ against bf16 ``F.linear``, timed in one CUDA graph over rotating weight copies a
 does. Checks each layout against float64 first (NaN-poisoned outputs).
 
     python benchmarks/bf16_layouts.py --out benchmarks/results --tag h200     # GPU
+    python benchmarks/bf16_layouts.py --tune fixed,resident --batches 1,4,16 --tag h200t
 
-Prints µs per layout and the speed against F.linear, writes bf16_layouts_TAG.json.
+Prints µs per layout and the speed against F.linear, writes bf16_layouts_TAG.json. ``--tune``:
+for those layouts also every tuner candidate (``configs.candidates``; the mma kernel is fp16-only)
+timed the same way, the best kept as ``LAYOUT_tuned_us`` and written in ``tuned.json``'s format
+to tuned_bf16_TAG.json (rewritten after every point).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 import kernel_bench as kb  # noqa: E402
 
-from matgptq.kernels.dispatch import choose_config, quant_matmul  # noqa: E402
+from matgptq.kernels import configs  # noqa: E402
+from matgptq.kernels.dispatch import _device_name, _sms, choose_config, fmt_key, quant_matmul, run_config  # noqa: E402
 from matgptq.quant.grid import dequantize  # noqa: E402
 
 LAYOUTS = ("lop3", "fixed", "resident")
@@ -49,13 +54,15 @@ def main():
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192")
     ap.add_argument("--bits", default="2,3,4")
     ap.add_argument("--batches", default="1,4,16,32")
+    ap.add_argument("--tune", default="", help="layouts to tune (fixed, resident)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     widths = [int(b) for b in args.bits.split(",")]
     worst = check(widths)
     print(f"checks: worst relative error {worst:.2e}", flush=True)
-    rows = []
+    rows, tuned = [], {}
+    tune = [t for t in args.tune.split(",") if t]
     for shape in args.shapes.split(","):
         n, k = (int(v) for v in shape.split("x"))
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(kb.copies_for(2 * n * k))]
@@ -71,16 +78,37 @@ def main():
                 for layout, pws in packs.items():
                     row[f"{layout}_config"] = choose_config(x, pws[0], bits).key()
                     row[f"{layout}_us"] = round(kb.graph_time([lambda p=p: quant_matmul(x, p, bits) for p in pws]), 2)
+                for layout in tune:
+                    pws = packs[layout]
+                    outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in pws]
+                    tried = {}
+                    for cfg in configs.candidates(n, pws[0].k_tiles, m, _sms(x.device), False, bits):
+                        try:
+                            tried[cfg] = kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
+                                                        for p, o in zip(pws, outs)])
+                        except Exception as e:  # as the autotuner does: a candidate that fails is skipped
+                            print(f"  {cfg.key()} skipped: {repr(e)[:100]}", flush=True)
+                    best = min(tried, key=tried.get)
+                    row[f"{layout}_tuned_us"], row[f"{layout}_tuned_config"] = round(tried[best], 2), best.key()
+                    tuned[configs.table_key(_device_name(x.device), n, k, m, fmt_key(pws[0], bits, x.dtype))] = \
+                        best.__dict__.copy()
                 rows.append(row)
                 print(f"{shape:>11} b{bits} m{m:<3} bf16 {row['bf16_us']:7.2f} µs  " + "  ".join(
                     f"{lay} {row[f'{lay}_us']:7.2f} ({row['bf16_us'] / row[f'{lay}_us']:.2f}x, {row[f'{lay}_config']})"
-                    for lay in LAYOUTS), flush=True)
+                    for lay in LAYOUTS) + "".join(f"  {lay} tuned {row[f'{lay}_tuned_us']:7.2f} "
+                                                  f"({row['bf16_us'] / row[f'{lay}_tuned_us']:.2f}x, "
+                                                  f"{row[f'{lay}_tuned_config']})" for lay in tune), flush=True)
                 if args.out:
                     os.makedirs(args.out, exist_ok=True)
                     path = os.path.join(args.out, f"bf16_layouts_{args.tag}.json")
                     with open(path + ".tmp", "w") as f:
                         json.dump(dict(check_worst_rel_err=worst, rows=rows), f, indent=1)
                     os.replace(path + ".tmp", path)
+                    if tuned:
+                        path = os.path.join(args.out, f"tuned_bf16_{args.tag}.json")
+                        with open(path + ".tmp", "w") as f:
+                            json.dump(tuned, f, indent=1)
+                        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
