@@ -8,7 +8,7 @@ layout (:mod:`.lop3_pack`) puts rows 2g, 2g + 1 of the row tile at mma rows g, g
 
 from __future__ import annotations
 
-from .lop3_pack import P2, P3, SH2, SH4
+from .lop3_pack import P2, P3, SH2, SH4, layout_bits, low_bit_shift
 
 try:
     import triton
@@ -17,6 +17,11 @@ try:
 except (ImportError, AttributeError):  # pragma: no cover - machines without triton
     def constexpr_function(fn):
         return fn
+
+# the layout's own definitions, callable from the constexpr functions below (Triton's dependency
+# scan accepts only constexpr functions there)
+_layout_bits = constexpr_function(layout_bits)
+_low_bit_shift = constexpr_function(low_bit_shift)
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 FP16_ONE = 0x3C00
@@ -44,19 +49,17 @@ def code_asm(bits, j0, first):
         j = j0 + jj
         sh, p = (SH2[j], P2[j]) if bits in (2, 3) else (SH4[j % 4], 4)
         q = P3[j] if bits == 3 else p  # the mantissa bit of the code's lowest bit
-        mask = (((1 << (2 if bits == 3 else bits)) - 1) << p) * 0x10001  # 3 bits: the top two
+        mask = (((1 << _layout_bits(bits)) - 1) << p) * 0x10001  # 3 bits: the top two
         magic = ((25 - q) << 10) * 0x10001  # the fp16 exponent of 2^(10-q): the pair (2^(10-q) + k, ..)
         for r in range(4):
             a = f"a{4 * jj + r}"
             ins, src = _shift(f"${4 + r}", sh, f"s{r}")
             lines += ins
-            if bits != 3:
-                lines.append(f"lop3.b32 {a}, {src}, {mask}, {magic}, 0xEA;")  # (src & mask) | magic
-                continue
-            lines.append(f"lop3.b32 {a}, {src}, {mask}, {magic}, 0xEA;")  # the top two bits at P2[j]
-            ins, low = _shift(f"${8 + r // 2}", P3[j] - 2 * j - r % 2, f"l{r}")  # lop3_pack.low_bit_shift
-            lines += ins
-            lines.append(f"lop3.b32 {a}, {low}, {(1 << q) * 0x10001}, {a}, 0xEA;")  # | the low bit at P3[j]
+            lines.append(f"lop3.b32 {a}, {src}, {mask}, {magic}, 0xEA;")  # (src & mask) | magic
+            if bits == 3:  # | the low bit, shifted to P3[j]
+                ins, low = _shift(f"${8 + r // 2}", _low_bit_shift(j, r % 2), f"l{r}")
+                lines += ins
+                lines.append(f"lop3.b32 {a}, {low}, {(1 << q) * 0x10001}, {a}, 0xEA;")
     acc = "{z, z, z, z}" if first else f"{{${xo + 4}, ${xo + 5}, ${xo + 6}, ${xo + 7}}}"
     lines.append(f"{MMA} {{e0, e1, e2, e3}}, {{a0, a1, a2, a3}}, {{${xo}, ${xo + 1}}}, {acc};")
     lines.append(f"{MMA} {{$0, $1, $2, $3}}, {{a4, a5, a6, a7}}, {{${xo + 2}, ${xo + 3}}}, {{e0, e1, e2, e3}};")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .lop3_pack import layout_bits
+
 try:
     import triton
     import triton.language as tl
@@ -26,12 +28,13 @@ except ImportError:  # pragma: no cover - machines without triton
 RT = 4  # row tiles per dequantize program
 
 if triton is not None:
+    _layout_bits = triton.constexpr_function(layout_bits)
 
     @triton.jit
     def block_words(Q, rows, N, G, NG, BITS: tl.constexpr):
         """The words of group G for ``rows`` (zero past N): [rows, 8·nu] uint32, in the order q
         (3 bits: the words of the top two bits)."""
-        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        LB: tl.constexpr = _layout_bits(BITS)
         NF: tl.constexpr = 16 // LB  # fields per 16-bit half
         NU: tl.constexpr = 8 // NF  # word sets
         BLK: tl.constexpr = 64 * BITS  # words per block
@@ -48,7 +51,7 @@ if triton is not None:
         N) as [pairs, 16·nu] uint32, j = 16u + 4c + 2r1 + r0: each pair's 16 words of a word set lie
         contiguous in the block, so these are 16-byte loads (the tensor-core kernel's tile; 3 bits:
         the top two bits)."""
-        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        LB: tl.constexpr = _layout_bits(BITS)
         NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         BLK: tl.constexpr = 64 * BITS
@@ -70,7 +73,7 @@ if triton is not None:
         expanded; 3 bits: the top two bits' tile, the low bits or-ed in)."""
         if BITS == 3:
             q = tl.arange(0, 8)[None, :]  # = 2c + r1; lane 4g + c's low words at 128 + 2(4g + c) + r1
-            blk = Q + (rows[:, None] // 16).to(tl.int64) * (NG * 192) + G * 192
+            blk = Q + (rows[:, None] // 16).to(tl.int64) * (NG * 64 * BITS) + G * 64 * BITS
             wb = tl.load(blk + 128 + 8 * (rows[:, None] % 16 // 2) + q, mask=rows[:, None] < N, other=0)
             top = word_codes(block_words(Q, rows, N, G, NG, BITS), 2)
             c = (top << 1) | low_codes(wb.to(tl.uint32, bitcast=True), (rows % 2)[:, None, None])
@@ -84,7 +87,7 @@ if triton is not None:
         parity r0 = j % 2)."""
         if BITS == 3:
             j = tl.arange(0, 16)[None, :]
-            blk = Q + (prs[:, None] // 8).to(tl.int64) * (NG * 192) + G * 192 + 128 + 8 * (prs[:, None] % 8)
+            blk = Q + (prs[:, None] // 8).to(tl.int64) * (NG * 64 * BITS) + G * 64 * BITS + 128 + 8 * (prs[:, None] % 8)
             wb = tl.load(blk + j // 2, mask=2 * prs[:, None] < N, other=0)
             top = word_codes(pair_words(Q, prs, N, G, NG, BITS), 2)
             c = (top << 1) | low_codes(wb.to(tl.uint32, bitcast=True), (j % 2)[:, :, None])
@@ -96,7 +99,7 @@ if triton is not None:
     def pair_tile(v, BITS: tl.constexpr, BN: tl.constexpr):
         """Expanded :func:`pair_words` [pairs, 16·nu, 2·nf] -> [BN, 128]: row 2·pair + r0, position
         p = 2·nf·q + e in word order. The permute moves r0, which the thread holds, to the rows."""
-        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        LB: tl.constexpr = _layout_bits(BITS)
         NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         v = tl.reshape(v, (BN // 2, NU, 4, 2, 2, 2 * NF))  # pair, u, c, r1, r0, e
@@ -163,7 +166,7 @@ if triton is not None:
     def word_order_pairs(BITS: tl.constexpr):
         """[64, 2]: the columns of word-order positions 2i and 2i + 1 (see the module doc), built
         as pair start + (0, 1) so that Triton sees the pairs contiguous and 4-byte aligned."""
-        LB: tl.constexpr = 2 if BITS == 3 else BITS
+        LB: tl.constexpr = _layout_bits(BITS)
         NF: tl.constexpr = 16 // LB
         NU: tl.constexpr = 8 // NF
         i = tl.arange(0, 64)
@@ -180,7 +183,7 @@ if triton is not None:
     def lop3_dequant_kernel(Q, S, OUT, N, K, SP, NG, two_d, zb, BITS: tl.constexpr, RT: tl.constexpr):
         pid_t = tl.program_id(0)
         G = tl.program_id(1)
-        NF: tl.constexpr = 16 // (2 if BITS == 3 else BITS)
+        NF: tl.constexpr = 16 // _layout_bits(BITS)
         R: tl.constexpr = 16 * RT
         r = pid_t * R + tl.arange(0, R)
         code = tl.reshape(block_codes(Q, r, N, G, NG, BITS), (R, 128))  # [R, (c, u, r1, f, h)]

@@ -67,15 +67,18 @@ def check_lop3(n: int, k: int, bits: int) -> None:
                          f"{GROUP}, not {n} x {k}; use layout='fixed'")
 
 
+def _low_shifts(device) -> torch.Tensor:
+    """3 bits: where each low bit sits in its word, [h, j, r0] -> 16h + 2j + r0."""
+    return (16 * torch.arange(2, device=device)[:, None, None] + 2 * torch.arange(8, device=device)[:, None]
+            + torch.arange(2, device=device))
+
+
 def _low_words(codes: torch.Tensor) -> torch.Tensor:
     """3 bits: the low bits k & 1 as [N/16, K/128, 64] words (lane L's at 2L + r1)."""
     n, k = codes.shape
     c = (codes.to(torch.int64) & 1).contiguous().view(n // 16, 8, 2, k // 128, 4, 8, 2, 2)  # [t, g, r0, G, c, j, r1, h]
     c = c.permute(0, 3, 1, 4, 6, 7, 5, 2)  # [t, G, g, c, r1, h, j, r0]
-    dev = codes.device
-    sh = 16 * torch.arange(2, device=dev)[:, None, None] + 2 * torch.arange(8, device=dev)[:, None] \
-        + torch.arange(2, device=dev)
-    return (c << sh).sum(dim=(-1, -2, -3)).reshape(n // 16, k // 128, 64)
+    return (c << _low_shifts(codes.device)).sum(dim=(-1, -2, -3)).reshape(n // 16, k // 128, 64)
 
 
 def _signed(w: torch.Tensor) -> torch.Tensor:
@@ -105,10 +108,7 @@ def unpack_lop3(words: torch.Tensor, n: int, k: int, bits: int) -> torch.Tensor:
         blocks = words.view(n // 16, k // 128, 192)
         top = unpack_lop3(blocks[:, :, :128].reshape(-1), n, k, 2)
         low = blocks[:, :, 128:].reshape(n // 16, k // 128, 8, 4, 2)  # [t, G, g, c, r1]
-        dev = words.device
-        sh = (16 * torch.arange(2, device=dev)[:, None, None] + 2 * torch.arange(8, device=dev)[:, None]
-              + torch.arange(2, device=dev)).to(torch.int32)  # [h, j, r0]
-        b = (low[..., None, None, None] >> sh) & 1  # [t, G, g, c, r1, h, j, r0]
+        b = (low[..., None, None, None] >> _low_shifts(words.device).to(torch.int32)) & 1  # [t, G, g, c, r1, h, j, r0]
         b = b.permute(0, 2, 7, 1, 3, 6, 4, 5).reshape(n, k)  # [t, g, r0, G, c, j, r1, h]
         return (top << 1) | b
     nf, nu = _dims(bits)
