@@ -5,6 +5,7 @@ does. Checks each layout against float64 first (NaN-poisoned outputs).
 
     python benchmarks/bf16_layouts.py --out benchmarks/results --tag h200     # GPU
     python benchmarks/bf16_layouts.py --tune fixed,resident --batches 1,4,16 --tag h200t
+    python benchmarks/bf16_layouts.py --summarize benchmarks/results/bf16_layouts_h200.json   # no GPU
 
 Prints µs per layout and the speed against F.linear, writes bf16_layouts_TAG.json. ``--tune``:
 for those layouts also every tuner candidate (``configs.candidates``; the mma kernel is fp16-only)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -49,15 +51,39 @@ def check(widths, n=512, k=2048):
     return worst
 
 
+def summarize(result):
+    """Each layout's speed against bf16 F.linear at batches 1-16 and from 32 (range), and with
+    --tune the tuned launch's speed over the dispatcher's (median and range)."""
+    rows = result["rows"]
+    print(f"checks: worst relative error {result['check_worst_rel_err']:.2e}; {len(rows)} points")
+    for lay in LAYOUTS:
+        for label, sel in (("batch <= 16", [r for r in rows if r["batch"] <= 16]),
+                           ("batch >= 32", [r for r in rows if r["batch"] >= 32])):
+            if sel:
+                q = [r["bf16_us"] / r[f"{lay}_us"] for r in sel]
+                print(f"{lay:8s} {label}: {min(q):.2f}-{max(q):.2f}x the speed of bf16 F.linear ({len(q)} points)")
+        if f"{lay}_tuned_us" in rows[0]:
+            q = [r[f"{lay}_us"] / r[f"{lay}_tuned_us"] for r in rows]
+            q1 = [r[f"{lay}_us"] / r[f"{lay}_tuned_us"] for r in rows if r["batch"] == 1]
+            v = [r["bf16_us"] / r[f"{lay}_tuned_us"] for r in rows]
+            print(f"{lay:8s} tuned: {statistics.median(q):.3f}x the dispatcher's speed in the median "
+                  f"({min(q):.3f}-{max(q):.3f}x; batch 1 {min(q1):.3f}-{max(q1):.3f}x), {min(v):.2f}-{max(v):.2f}x "
+                  "the speed of bf16 F.linear")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192")
     ap.add_argument("--bits", default="2,3,4")
     ap.add_argument("--batches", default="1,4,16,32")
     ap.add_argument("--tune", default="", help="layouts to tune (fixed, resident)")
+    ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
+    if args.summarize:
+        with open(args.summarize) as f:
+            return summarize(json.load(f))
     widths = [int(b) for b in args.bits.split(",")]
     worst = check(widths)
     print(f"checks: worst relative error {worst:.2e}", flush=True)

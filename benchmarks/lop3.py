@@ -5,6 +5,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     python benchmarks/lop3.py --checks-only                               # GPU: the checks alone
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
     python benchmarks/lop3.py --summarize benchmarks/results/lop3_h200d.json   # a saved run's summary
+    python benchmarks/lop3.py --variants benchmarks/results/lop3_pdl_h200.json # a variant run's ratios
 
 Checks (NaN-poisoned outputs, float64 reference): the --bits widths, both slicing rules, with and
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
@@ -191,6 +192,20 @@ def gemm_sass_counts():
     return rows
 
 
+def summarize_variants(rows):
+    """A run of one launch under several values of a switch (columns us_VALUE, the first the
+    baseline; lop3_pdl_h200.json, lop3_chains_h200.json): each value's time over the baseline's,
+    median and range over all points and at batch 1 on the mid shapes."""
+    cols = [c for c in rows[0] if c.startswith("us_")]
+    base = cols[0]
+    for c in cols[1:]:
+        for label, sel in (("all points", rows), ("batch 1, mid shapes", [r for r in rows if r["batch"] == 1
+                                                                           and r["shape"] != "16384x16384"])):
+            q = [r[c] / r[base] for r in sel]
+            print(f"{c} / {base}, {label} ({len(q)}): median {statistics.median(q):.3f}x the time "
+                  f"({min(q):.3f}-{max(q):.3f}x)", flush=True)
+
+
 def summarize(rows):
     big = [r for r in rows if r["shape"] in ("4096x14336", "14336x4096", "8192x8192", "16384x16384")]
     a1 = [(r["shape"], r["bits"], r["pct_copy"]) for r in big if r["batch"] == 1]
@@ -248,11 +263,15 @@ def main():
     ap.add_argument("--checks-only", action="store_true")
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
+    ap.add_argument("--variants", metavar="JSON", help="no GPU: the ratios of a saved variant run (us_VALUE columns)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     if args.sass:
         return sass_counts(args.out)
+    if args.variants:
+        with open(args.variants) as f:
+            return summarize_variants(json.load(f)["rows"])
     if args.summarize:
         with open(args.summarize) as f:
             return summarize(json.load(f)["rows"])
