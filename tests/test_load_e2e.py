@@ -89,16 +89,26 @@ def test_reads_published_format(tmp_path):
 
 
 def test_lop3_with_bf16_loads_fixed_and_says_so(tmp_path, caplog):
-    """The lop3 layout's fast kernel takes fp16: a bf16 load gets the fixed layout and a warning;
-    its outputs are those of a fixed-layout bf16 load."""
-    original = tiny_model("llama", layers=1)
-    r = quantize_model(copy.deepcopy(original), tmp_path / "ck", QuantConfig(bits=(8, 4, 3), group_size=32),
+    """The lop3 layout's fast kernel takes fp16: on a model whose every layer fits the layout, a
+    float32 load gets lop3 layers, a bf16 load gets the fixed layout and a warning, with the
+    outputs of a fixed-layout bf16 load."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    original = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    r = quantize_model(copy.deepcopy(original), tmp_path / "ck", QuantConfig(bits=(8, 4, 3), group_size=128),
                        calibration=IDS, progress=False)
+
+    def layouts(model):
+        return {m.layout for m in model.modules() if isinstance(m, QuantLinear)}
+
+    assert layouts(load(r.path, bits=3, layout="lop3", dtype=torch.float32)) == {"lop3"}
     with caplog.at_level("WARNING", logger="matgptq"):
-        model = load(r.path, bits=4, layout="lop3", dtype=torch.bfloat16)
+        model = load(r.path, bits=3, layout="lop3", dtype=torch.bfloat16)
     assert "dtype=torch.float16 for lop3" in caplog.text
-    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    assert layers and all(m.layout == "fixed" for m in layers)
-    fixed = load(r.path, bits=4, layout="fixed", dtype=torch.bfloat16)
+    assert layouts(model) == {"fixed"}
+    fixed = load(r.path, bits=3, layout="fixed", dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(model(X).logits, fixed(X).logits)
