@@ -37,8 +37,8 @@ import kernel_bench as kb  # noqa: E402  (graph timing, copy bandwidth, packing 
 
 from matgptq.kernels import configs  # noqa: E402
 from matgptq.kernels.configs import KernelConfig  # noqa: E402
-from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, dequantize_triton, fmt_key,  # noqa: E402
-                                      run_config)
+from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, clusters_ok, dequantize_triton,  # noqa: E402
+                                      fmt_key, run_config)
 from matgptq.quant.grid import dequantize  # noqa: E402
 
 
@@ -56,7 +56,8 @@ def check(widths=(2, 3, 4), n=512, k=2048):
                 for bias in (None, torch.randn(n, device="cuda").to(dt)):
                     cfgs = [choose_config(x, pw, bits, bias)]
                     if m in (3, 9, 33) and bias is None:  # more launch shapes: warps, stages, splits
-                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16)
+                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16,
+                                                        clusters_ok(x.device))
                     if m in (3, 9, 20) and bias is None and dt == torch.float16:
                         cfgs += [KernelConfig("lop3", bm=bm, split_k=sk, num_warps=w, num_stages=st)
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))
@@ -86,7 +87,7 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
     sms = _sms(x.device)
-    cands = configs.lop3_candidates(n, k // 128, m, sms, bits)
+    cands = configs.lop3_candidates(n, k // 128, m, sms, bits, cluster=clusters_ok(x.device))
     tried = {}
     for cfg in cands:
         try:
@@ -138,7 +139,7 @@ def sass_counts(out=None):
            "CNT": "*i32"}
     for bits in (2, 3, 4):
         for m in (1, 8, 16):
-            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
+            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, CL=1,
                        **K.launch_consts(bits, 4, 4, 16, m))
             sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
             attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -261,6 +262,7 @@ def main():
     ap.add_argument("--bits", default="2,3,4", help="widths checked and timed")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--checks-only", action="store_true")
+    ap.add_argument("--no-check", action="store_true", help="time only (the checks of an earlier run stand)")
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
     ap.add_argument("--variants", metavar="JSON", help="no GPU: the ratios of a saved variant run (us_VALUE columns)")
@@ -278,8 +280,9 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/lop3.py needs a GPU (the lop3 kernel is CUDA only; the CPU tests are "
                          "tests/test_lop3.py)")
-    worst, fails = check(tuple(int(b) for b in args.bits.split(",")))
-    print(f"checks: worst relative error {worst:.2e}; failures {fails}", flush=True)
+    worst, fails = (None, []) if args.no_check else check(tuple(int(b) for b in args.bits.split(",")))
+    if worst is not None:
+        print(f"checks: worst relative error {worst:.2e}; failures {fails}", flush=True)
     if args.checks_only:
         return
     bw, _ = kb.copy_bandwidth()
