@@ -233,6 +233,17 @@ def summarize(rows):
         if len(best) > 1 and 4 in best:
             print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
                   + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
+    pairs = []  # where the tuner tried cluster launches: the best global split-K launch's time over the best cluster one
+    for r in rows:
+        cl = [v for c, v in r["tried"].items() if c.startswith("lop3") and c.endswith(":c1")]
+        gl_ = [v for c, v in r["tried"].items() if c.startswith("lop3") and not c.endswith(":c1")]
+        if cl and gl_:
+            pairs.append((r["shape"], r["bits"], r["batch"], min(gl_) / min(cl)))
+    if pairs:
+        q = [p[3] for p in pairs]
+        print(f"cluster launches (split-K through distributed shared memory): best global-split launch over best "
+              f"cluster launch {statistics.median(q):.3f}x in the median ({min(q):.3f}-{max(q):.3f}x, {len(q)} points); "
+              + ", ".join(f"{s} b{b} m{m} {v:.3f}x" for s, b, m, v in pairs), flush=True)
     mid = ("4096x14336", "14336x4096", "8192x8192")
     for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):
         at = [r for r in rows if r["batch"] == m and (r["shape"] in mid) == (part == "mid")]
