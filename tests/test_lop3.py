@@ -277,7 +277,8 @@ def test_lop3_kernel_on_gpu(m, bits):
                 KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2),
                 KernelConfig("lop3", split_k=4, num_warps=4, num_stages=4, cluster=1),
                 KernelConfig("lop3", bm=8, split_k=8, num_warps=1, num_stages=2, cluster=1),
-                KernelConfig("lop3", split_k=2, num_warps=2, num_stages=3, cluster=1)):
+                KernelConfig("lop3", split_k=2, num_warps=2, num_stages=3, cluster=1),
+                KernelConfig("lop3", bm=8, split_k=16, num_warps=1, num_stages=4, cluster=1)):
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
         run_config(cfg, x, pw, bits, out, None)
         ref = x.double().cpu() @ w.t()
@@ -307,8 +308,8 @@ def test_lop3_launches_fit_their_shared_memory(n, k, m, bits):
             assert shared_bytes(bits, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm)) <= configs.LOP3_SHARED
             assert n % cfg.bn == 0 and cfg.bn == 16 * cfg.num_warps
         clustered = [c for c in configs.lop3_candidates(n, groups, m, 132, bits, kernel, cluster=True) if c.cluster]
-        assert {c.split_k for c in clustered} <= {2, 4, 8}
-        assert {c.key() for c in clustered} == {c.key() + ":c1" for c in cands if c.kind == "lop3" and c.split_k in (2, 4, 8)}
+        assert {c.split_k for c in clustered} <= {2, 4, 8, 16}
+        assert {c.key() for c in clustered} == {c.key() + ":c1" for c in cands if c.kind == "lop3" and c.split_k in (2, 4, 8, 16)}
         kinds = {c.kind for c in cands}
         if kernel and m <= configs.LOP3_MAX_M:
             assert chosen.kind == "lop3" and "lop3" in kinds
@@ -327,7 +328,7 @@ def test_cluster_config_keys_and_errors():
             KernelConfig(num_stages=4, **bad)
 
 
-@pytest.mark.parametrize("cl", [2, 4, 8])
+@pytest.mark.parametrize("cl", [2, 4, 8, 16])
 @pytest.mark.parametrize("first,last", [(True, True), (True, False), (False, True)])
 def test_cluster_gather_asm(cl, first, last):
     """The split-K sum across a cluster: the stash and the first barrier before any remote read,

@@ -35,7 +35,7 @@ class KernelConfig:
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
     units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
-    cluster: int = 0  # lop3: 1 runs a row tile's split-K programs as one thread-block cluster (Hopper; split 2, 4, 8)
+    cluster: int = 0  # lop3: 1 runs a row tile's split-K programs as one thread-block cluster (Hopper; split 2, 4, 8, 16)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -48,10 +48,10 @@ class KernelConfig:
         if self.units_outer not in (0, 1) or (self.units_outer and self.kind != "mma"):
             raise ValueError(f"units_outer={self.units_outer} with kind={self.kind!r}: it orders the mma kernel's "
                              "k-tile steps; use 0, or 1 with kind='mma'")
-        if self.cluster not in (0, 1) or (self.cluster and (self.kind != "lop3" or self.split_k not in (2, 4, 8))):
+        if self.cluster not in (0, 1) or (self.cluster and (self.kind != "lop3" or self.split_k not in (2, 4, 8, 16))):
             raise ValueError(f"cluster={self.cluster} with kind={self.kind!r}, split_k={self.split_k}: a cluster holds "
                              "the lop3 kernel's split-K programs of one row tile; use 0, or 1 with kind='lop3' and "
-                             "split_k 2, 4 or 8")
+                             "split_k 2, 4, 8 or 16")
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
@@ -231,8 +231,8 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
     tuner then leaves), the splits that put 3-16 programs on each SM
     (up to 32 for launches of 16 rows, whose activations need shorter K ranges); from 9 rows also
     launches of 8 rows (bm=8: 16 rows of activations may not fit the long K ranges of few-split
-    launches). With ``cluster`` (a Hopper GPU) every launch of a split of 2, 4 or 8 also as a
-    cluster launch (the split-K sum through distributed shared memory). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
+    launches). With ``cluster`` (a Hopper GPU) every launch of a split of 2, 4, 8 or 16 also
+    as a cluster launch (16: a non-portable cluster size, which Hopper allows) (the split-K sum through distributed shared memory). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
     (:func:`gemm_candidates`)."""
     out = []
     if kernel and m <= LOP3_MAX_M:
@@ -244,7 +244,7 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
                         progs = n // (16 * w) * d
                         if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, st, d):
                             out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=st))
-                            if cluster and d in (2, 4, 8):
+                            if cluster and d in (2, 4, 8, 16):
                                 out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w,
                                                         num_stages=st, cluster=1))
     if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)

@@ -452,7 +452,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
     N / (16 · warps) zeroed counters (the kernel leaves them zero). ``cluster``: the split-K
     programs of a row tile run as one thread-block cluster and sum their partials through
-    distributed shared memory (Hopper; a split of 2, 4 or 8; ``ws`` and ``cnt`` unused)."""
+    distributed shared memory (Hopper; a split of 2, 4, 8 or 16; ``ws`` and ``cnt`` unused)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
                          f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
@@ -463,8 +463,8 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     split = -(-ng // gps)
     cst = launch_consts(bits, warps, stages, gps, m)
     cl = split if cluster and split > 1 else 1
-    if cl not in (1, 2, 4, 8):
-        raise ValueError(f"a cluster launch of the lop3 kernel takes a split of 2, 4 or 8 programs, not {split} "
+    if cl not in (1, 2, 4, 8, 16):
+        raise ValueError(f"a cluster launch of the lop3 kernel takes a split of 2, 4, 8 or 16 programs, not {split} "
                          f"(split_k={split_k} over {ng} groups); pick such a split_k or cluster=0")
     grid = (n // (16 * warps), split) if cl == 1 else (n // (16 * warps),)
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
