@@ -12,7 +12,8 @@ without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batc
 (the dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the
 tuner's candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
 stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8 rows) at batches
-3, 9 and 20. Timings: every lop3 launch the tuner would try (each point's
+3, 9 and 20. On Hopper both include the cluster launches (``:c1``; the library's autotuner tries
+them only with MATGPTQ_LOP3_CLUSTER=1). Timings: every lop3 launch the tuner would try (each point's
 best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
 rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
@@ -57,7 +58,7 @@ def check(widths=(2, 3, 4), n=512, k=2048):
                     cfgs = [choose_config(x, pw, bits, bias)]
                     if m in (3, 9, 33) and bias is None:  # more launch shapes: warps, stages, splits
                         cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16,
-                                                        clusters_ok(x.device))
+                                                        clusters_ok(x.device, tuner=False))
                     if m in (3, 9, 20) and bias is None and dt == torch.float16:
                         cfgs += [KernelConfig("lop3", bm=bm, split_k=sk, num_warps=w, num_stages=st)
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))
@@ -87,7 +88,7 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
     sms = _sms(x.device)
-    cands = configs.lop3_candidates(n, k // 128, m, sms, bits, cluster=clusters_ok(x.device))
+    cands = configs.lop3_candidates(n, k // 128, m, sms, bits, cluster=clusters_ok(x.device, tuner=False))
     tried = {}
     for cfg in cands:
         try:

@@ -205,9 +205,12 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     return out
 
 
-def clusters_ok(device: torch.device) -> bool:
-    """Thread-block clusters (the lop3 kernel's cluster launches): Hopper and later."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+def clusters_ok(device: torch.device, tuner: bool = True) -> bool:
+    """Thread-block clusters (the lop3 kernel's cluster launches): Hopper and later. The
+    autotuner (``tuner``) tries them only with ``MATGPTQ_LOP3_CLUSTER=1`` until they have been
+    timed on a GPU (benchmarks/lop3.py tries them wherever they can run)."""
+    ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return ok and (not tuner or os.environ.get("MATGPTQ_LOP3_CLUSTER", "0") == "1")
 
 
 def lop3_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
