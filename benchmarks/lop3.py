@@ -12,8 +12,7 @@ without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batc
 (the dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the
 tuner's candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
 stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8 rows) at batches
-3, 9 and 20. On Hopper both include the cluster launches (``:c1``; the library's autotuner tries
-them only with MATGPTQ_LOP3_CLUSTER=1). Timings: every lop3 launch the tuner would try (each point's
+3, 9 and 20. Timings: every lop3 launch the tuner would try (each point's
 best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
 rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
@@ -38,8 +37,8 @@ import kernel_bench as kb  # noqa: E402  (graph timing, copy bandwidth, packing 
 
 from matgptq.kernels import configs  # noqa: E402
 from matgptq.kernels.configs import KernelConfig  # noqa: E402
-from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, clusters_ok, dequantize_triton,  # noqa: E402
-                                      fmt_key, run_config)
+from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, dequantize_triton, fmt_key,  # noqa: E402
+                                      run_config)
 from matgptq.quant.grid import dequantize  # noqa: E402
 
 
@@ -57,8 +56,7 @@ def check(widths=(2, 3, 4), n=512, k=2048):
                 for bias in (None, torch.randn(n, device="cuda").to(dt)):
                     cfgs = [choose_config(x, pw, bits, bias)]
                     if m in (3, 9, 33) and bias is None:  # more launch shapes: warps, stages, splits
-                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16,
-                                                        clusters_ok(x.device, tuner=False))
+                        cfgs += configs.lop3_candidates(n, k // 128, m, sms, bits, dt == torch.float16)
                     if m in (3, 9, 20) and bias is None and dt == torch.float16:
                         cfgs += [KernelConfig("lop3", bm=bm, split_k=sk, num_warps=w, num_stages=st)
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))
@@ -88,7 +86,7 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
     sms = _sms(x.device)
-    cands = configs.lop3_candidates(n, k // 128, m, sms, bits, cluster=clusters_ok(x.device, tuner=False))
+    cands = configs.lop3_candidates(n, k // 128, m, sms, bits)
     tried = {}
     for cfg in cands:
         try:
@@ -140,7 +138,7 @@ def sass_counts(out=None):
            "CNT": "*i32"}
     for bits in (2, 3, 4):
         for m in (1, 8, 16):
-            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, CL=1,
+            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
                        **K.launch_consts(bits, 4, 4, 16, m))
             sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
             attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -228,22 +226,23 @@ def summarize(rows):
     for r in rows:  # where the tuner tried other ring depths: their best launch against the best 4-stage one
         best = {}
         for c, v in r["tried"].items():
-            if c.startswith("lop3"):
+            if c.startswith("lop3") and c.rsplit(":", 1)[1].startswith("s"):
                 st = int(c.rsplit(":s", 1)[1])
                 best[st] = min(best.get(st, v), v)
         if len(best) > 1 and 4 in best:
             print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
                   + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
-    pairs = []  # where the tuner tried cluster launches: the best global split-K launch's time over the best cluster one
+    pairs = []  # lop3_h100g.json (commit f1df942's cluster launches, key part c1): the best cluster launch's time
+    # over the best global split-K launch
     for r in rows:
         cl = [v for c, v in r["tried"].items() if c.startswith("lop3") and c.endswith(":c1")]
         gl_ = [v for c, v in r["tried"].items() if c.startswith("lop3") and not c.endswith(":c1")]
         if cl and gl_:
-            pairs.append((r["shape"], r["bits"], r["batch"], min(gl_) / min(cl)))
+            pairs.append((r["shape"], r["bits"], r["batch"], min(cl) / min(gl_)))
     if pairs:
         q = [p[3] for p in pairs]
-        print(f"cluster launches (split-K through distributed shared memory): best global-split launch over best "
-              f"cluster launch {statistics.median(q):.3f}x in the median ({min(q):.3f}-{max(q):.3f}x, {len(q)} points); "
+        print(f"cluster launches (split-K through distributed shared memory): the best one takes "
+              f"{statistics.median(q):.3f}x the time of the best global-split launch in the median ({min(q):.3f}-{max(q):.3f}x, {len(q)} points); "
               + ", ".join(f"{s} b{b} m{m} {v:.3f}x" for s, b, m, v in pairs), flush=True)
     mid = ("4096x14336", "14336x4096", "8192x8192")
     for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):

@@ -35,7 +35,6 @@ class KernelConfig:
     k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
     units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
-    cluster: int = 0  # lop3: 1 runs a row tile's split-K programs as one thread-block cluster (Hopper; split 2, 4, 8, 16)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -48,10 +47,6 @@ class KernelConfig:
         if self.units_outer not in (0, 1) or (self.units_outer and self.kind != "mma"):
             raise ValueError(f"units_outer={self.units_outer} with kind={self.kind!r}: it orders the mma kernel's "
                              "k-tile steps; use 0, or 1 with kind='mma'")
-        if self.cluster not in (0, 1) or (self.cluster and (self.kind != "lop3" or self.split_k not in (2, 4, 8, 16))):
-            raise ValueError(f"cluster={self.cluster} with kind={self.kind!r}, split_k={self.split_k}: a cluster holds "
-                             "the lop3 kernel's split-K programs of one row tile; use 0, or 1 with kind='lop3' and "
-                             "split_k 2, 4, 8 or 16")
         if self.kind == "mma" and self.num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages={self.num_stages} with kind='mma': use 1 (no buffering), 2 or 3 (the codes "
                              "of the next one or two k-tile steps loaded ahead, in registers)")
@@ -67,7 +62,6 @@ class KernelConfig:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
         ku += f":u{self.units_outer}" if self.units_outer else ""
-        ku += f":c{self.cluster}" if self.cluster else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -75,7 +69,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "u": "units_outer", "c": "cluster"}
+                 "r": "max_regs", "u": "units_outer"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -223,16 +217,14 @@ def lop3_heuristic(n: int, groups: int, m: int, sms: int, bits: int, kernel: boo
             return KernelConfig("lop3", bm=bm, bn=16 * warps, split_k=split, num_warps=warps, num_stages=4)
 
 
-def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True,
-                    cluster: bool = False) -> list[KernelConfig]:
+def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bool = True) -> list[KernelConfig]:
     """What the autotuner tries on the lop3 layout. With ``kernel``, up to LOP3_MAX_M rows, the lop3
     kernel: 1, 2 or 4 warps, 4 stages and at 2 bits also 6 and 8 (a group is only 512 bytes a warp
     there: on the H200 they were 0-7 % faster on 16384², 2-18 % slower on the smaller shapes, which the
     tuner then leaves), the splits that put 3-16 programs on each SM
     (up to 32 for launches of 16 rows, whose activations need shorter K ranges); from 9 rows also
     launches of 8 rows (bm=8: 16 rows of activations may not fit the long K ranges of few-split
-    launches). With ``cluster`` (a Hopper GPU) every launch of a split of 2, 4, 8 or 16 also
-    as a cluster launch (16: a non-portable cluster size, which Hopper allows) (the split-K sum through distributed shared memory). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
+    launches). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
     (:func:`gemm_candidates`)."""
     out = []
     if kernel and m <= LOP3_MAX_M:
@@ -244,9 +236,6 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
                         progs = n // (16 * w) * d
                         if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, st, d):
                             out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=st))
-                            if cluster and d in (2, 4, 8, 16):
-                                out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w,
-                                                        num_stages=st, cluster=1))
     if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]

@@ -205,14 +205,6 @@ def launch_mma(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor,
     return out
 
 
-def clusters_ok(device: torch.device, tuner: bool = True) -> bool:
-    """Thread-block clusters (the lop3 kernel's cluster launches): Hopper and later. The
-    autotuner (``tuner``) tries them only with ``MATGPTQ_LOP3_CLUSTER=1`` until they have been
-    timed on a GPU (benchmarks/lop3.py tries them wherever they can run)."""
-    ok = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    return ok and (not tuner or os.environ.get("MATGPTQ_LOP3_CLUSTER", "0") == "1")
-
-
 def lop3_supported(x2: torch.Tensor, pw: PackedWeight) -> bool:
     """The lop3 layout's kernel: a GPU (not the interpreter), Triton with Gluon, fp16 activations,
     at most LOP3_MAX_M rows, rows 16-byte aligned (the activations are copied 16 bytes at a time)."""
@@ -242,12 +234,10 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     ng = pw.k // 128
     split = -(-ng // -(-ng // cfg.split_k))
     per = min(cfg.bm, lop3_kernel.MAX_M)
-    glob = split > 1 and not cfg.cluster  # split-K through a workspace in global memory
-    ws, cnt = _workspace(x2.device, split * min(per, x2.shape[0]) * pw.n if glob else 0, pw.n // 16)
+    ws, cnt = _workspace(x2.device, split * min(per, x2.shape[0]) * pw.n if split > 1 else 0, pw.n // 16)
     for r0 in range(0, x2.shape[0], per):
         lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
-                                out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k,
-                                bool(cfg.cluster))
+                                out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k)
     return out
 
 
@@ -374,8 +364,7 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
     best, best_t = None, float("inf")
     if pw.layout == "lop3":
-        cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw),
-                                        clusters_ok(x2.device))
+        cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))
     else:
         cands = configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits)
     for cfg in cands:

@@ -148,39 +148,3 @@ def issue_asm(bits, stages, nthreads, slot):
     t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)
-
-
-_THREAD_ADDR = "mov.u32 a, global_smem; mov.u32 t, %tid.x; mad.lo.u32 a, t, 16, a;"
-_CLUSTER_SYNC = "barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned;"
-
-
-@constexpr_function
-def stash_asm(off):
-    """This thread's four fp32 partials ($4-$7) to its 16 bytes at byte ``off`` + 16 · tid of the
-    shared window; $0-3 a dummy."""
-    return (f"{{ .reg .u32 a, t; {_THREAD_ADDR} st.shared.v4.f32 [a+{int(off)}], {{$4, $5, $6, $7}}; "
-            "mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; mov.u32 $3, 0; }")
-
-
-@constexpr_function
-def gather_asm(off, cl, first, last):
-    """The cluster's split-K sum of this thread's four partials ($4-$7 in, $0-$3 out). ``first``:
-    stash them at ``off`` (see :func:`stash_asm`) and wait at a cluster barrier until every CTA
-    has stashed its own. Then CTA 0 reads the same 16 bytes of CTAs 1 .. cl - 1 through
-    distributed shared memory (``mapa`` + ``ld.shared::cluster``, all loads first) and adds them
-    in rank order; the other CTAs keep their own (their stores are masked off). ``last``: a
-    cluster barrier after the reads, so that no CTA exits while CTA 0 still reads its window."""
-    off, cl = int(off), int(cl)
-    lines = ["{", ".reg .u32 a, t, rk, ra;", ".reg .pred p;", f".reg .f32 v<{4 * (cl - 1)}>;", _THREAD_ADDR]
-    if first:
-        lines += [f"st.shared.v4.f32 [a+{off}], {{$4, $5, $6, $7}};", _CLUSTER_SYNC]
-    lines += ["mov.u32 rk, %cluster_ctarank;", "setp.eq.u32 p, rk, 0;", f"add.u32 a, a, {off};"]
-    lines += [f"mov.f32 ${i}, ${4 + i};" for i in range(4)]
-    for r in range(1, cl):
-        v = ", ".join(f"v{4 * (r - 1) + i}" for i in range(4))
-        lines += [f"@p mapa.shared::cluster.u32 ra, a, {r};", f"@p ld.shared::cluster.v4.f32 {{{v}}}, [ra];"]
-    for r in range(1, cl):
-        lines += [f"@p add.f32 ${i}, ${i}, v{4 * (r - 1) + i};" for i in range(4)]
-    if last:
-        lines.append(_CLUSTER_SYNC)
-    return " ".join(lines + ["}"])

@@ -40,50 +40,6 @@ if gluon is not None:
     # a CTA barrier: gl.thread_barrier in Triton 3.5-3.6, gl.barrier from 3.7
     cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
-    @A.constexpr_function
-    def blocked(spt, tpw, wpc, order, cl):
-        """A blocked layout that every CTA of a cluster of ``cl`` holds whole (each CTA runs its own
-        copy of the program; Gluon's stores of such tensors are made by CTA 0 only)."""
-        n = int(cl).bit_length() - 1
-        return gl.BlockedLayout(spt, tpw, wpc, order, cga_layout=[[0] * len(spt) for _ in range(n)])
-
-    @A.constexpr_function
-    def window(cl):
-        """The layout of the one shared allocation (the window the asm addresses, [WORDS / NT, NT]
-        words, row-major), per CTA."""
-        n = int(cl).bit_length() - 1
-        return gl.SwizzledSharedLayout(1, 1, 1, [0], cga_layout=[[0] for _ in range(n)])
-
-    @gluon.jit
-    def keep_alive(res, NT: gl.constexpr, WORDS: gl.constexpr, CL: gl.constexpr, L1: gl.constexpr):
-        """A store into the window that nothing reads: the allocation's first use (at offset 0,
-        check_window) and, at the end, what keeps it live. Its first NT words; with a cluster
-        (Gluon slices no allocation there) all of it, WORDS / NT words a thread."""
-        if CL > 1:
-            res.store(gl.zeros([WORDS], gl.int32, blocked([WORDS // NT], [32], [NT // 32], [0], CL)))
-        else:
-            res.slice(0, NT).store(gl.zeros([NT], gl.int32, L1))
-        return 0
-
-    @gluon.jit
-    def cta_rank(like):
-        """This CTA's rank in its cluster (a scalar like ``like``)."""
-        return gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [like], dtype=gl.int32,
-                                         is_pure=True, pack=1)
-
-    @gluon.jit
-    def cluster_stash(acc, OFF: gl.constexpr):
-        """This thread's four partial sums to its 16 bytes at OFF of the window."""
-        return gl.inline_asm_elementwise(A.stash_asm(OFF), "=r,=r,=r,=r,f,f,f,f", [acc], dtype=gl.int32,
-                                         is_pure=False, pack=4)
-
-    @gluon.jit
-    def cluster_gather(acc, OFF: gl.constexpr, CL: gl.constexpr, FIRST: gl.constexpr, LAST: gl.constexpr):
-        """CTA 0: its partial plus those of CTAs 1 .. CL - 1 (read from their windows at OFF, in
-        rank order); see lop3_asm.gather_asm."""
-        return gl.inline_asm_elementwise(A.gather_asm(OFF, CL, FIRST, LAST), "=f,=f,=f,=f,f,f,f,f", [acc],
-                                         dtype=gl.float32, is_pure=False, pack=4)
-
     @gluon.jit
     def code2(w, wb, xq, d, BITS: gl.constexpr, J0: gl.constexpr, FIRST: gl.constexpr):
         """Steps J0, J0 + 1 (lop3_asm.code_asm); 3 bits: wb holds the lane's two low-bit words."""
@@ -177,27 +133,13 @@ if gluon is not None:
 
     @gluon.jit
     def finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
-               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr, CL: gl.constexpr,
-               NT: gl.constexpr):
+               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr):
         """Without split-K: times TWO_D (+ bias), stored as fp16. With it: the partial to the
         workspace, a counter per program, the last program sums the partials in order and stores.
-        With a cluster (CL > 1, the split-K programs of a row tile are its CTAs): every CTA leaves
-        its partial in its shared window, CTA 0 reads and sums them in rank order through
-        distributed shared memory and stores; no workspace, no atomics.
         HB: acc2 holds batch rows 8-15 (columns ocol + 8)."""
         mask = (ocol < M) & (orow < N)
         mask2 = (ocol + 8 < M) & (orow < N)
-        if CL > 1:  # the window's first NT words hold the keep-alive store: the partials go after it
-            if HB:
-                cluster_stash(acc2, NT * 20)
-            acc = cluster_gather(acc, NT * 4, CL, True, not HB)
-            if HB:
-                acc2 = cluster_gather(acc2, NT * 20, CL, False, True)
-            first = pid_k == 0
-            _store(acc, ocol, orow, mask & first, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
-            if HB:
-                _store(acc2, ocol + 8, orow, mask2 & first, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
-        elif SPLIT_K == 1:
+        if SPLIT_K == 1:
             _store(acc, ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
             if HB:
                 _store(acc2, ocol + 8, orow, mask2, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
@@ -342,26 +284,23 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, CL: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
-        the thread's base plus a constant. CL > 1: launched in clusters of CL CTAs, the split-K
-        programs of one row tile (program_id(0) is then the cluster's, pid_k the CTA's rank)."""
-        LY: gl.constexpr = blocked([1, 4], [1, 32], [NW, 1], [1, 0], CL)
-        L1: gl.constexpr = blocked([1], [32], [NW], [0], CL)
+        the thread's base plus a constant."""
+        LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+        L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
         CH: gl.constexpr = BITS // 2
         BLK: gl.constexpr = 64 * BITS
         # the window the asm addresses: one allocation (check_window: at offset 0), kept alive by a
         # store at the start and one at the end (nothing reads them)
-        res = gl.allocate_shared_memory(gl.int32, [WORDS], window(CL))
-        keep_alive(res, NT, WORDS, CL, L1)
+        res = gl.allocate_shared_memory(gl.int32, [WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        z1 = gl.zeros([NT], gl.int32, L1)
+        res.slice(0, NT).store(z1)
         cta_barrier()  # that store lands before any thread's copies
         pid_n = gl.program_id(0)
-        if CL > 1:
-            pid_k = cta_rank(pid_n)
-        else:
-            pid_k = gl.program_id(1)
+        pid_k = gl.program_id(1)
         g, c, e, ta, so = lanes(pid_n, NW, LY)
         q64, q16, q4 = quads(AQ, e, ta)
         qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # word set u of a lane at + 128 u
@@ -388,15 +327,11 @@ if gluon is not None:
                     acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
                                       ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
         wait_copies(0, e)
-        cta_barrier()  # every thread is past its last ring read
-        if CL == 1:
-            keep_alive(res, NT, WORDS, CL, L1)
+        cta_barrier()
+        res.slice(0, NT).store(z1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
-        finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D, HB,
-               CL, NT)
-        if CL > 1:  # after the cluster's last barrier: CTA 0 has read the partials stashed in the window
-            keep_alive(res, NT, WORDS, CL, L1)
+        finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D, HB)
 
 
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
@@ -447,12 +382,10 @@ def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
 
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
-                cnt: torch.Tensor, warps: int, stages: int, split_k: int, cluster: bool = False) -> torch.Tensor:
+                cnt: torch.Tensor, warps: int, stages: int, split_k: int) -> torch.Tensor:
     """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
-    N / (16 · warps) zeroed counters (the kernel leaves them zero). ``cluster``: the split-K
-    programs of a row tile run as one thread-block cluster and sum their partials through
-    distributed shared memory (Hopper; a split of 2, 4, 8 or 16; ``ws`` and ``cnt`` unused)."""
+    N / (16 · warps) zeroed counters (the kernel leaves them zero)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
                          f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
@@ -462,14 +395,10 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     gps = -(-ng // split_k)
     split = -(-ng // gps)
     cst = launch_consts(bits, warps, stages, gps, m)
-    cl = split if cluster and split > 1 else 1
-    if cl not in (1, 2, 4, 8, 16):
-        raise ValueError(f"a cluster launch of the lop3 kernel takes a split of 2, 4, 8 or 16 programs, not {split} "
-                         f"(split_k={split_k} over {ng} groups); pick such a split_k or cluster=0")
-    grid = (n // (16 * warps), split) if cl == 1 else (n // (16 * warps),)
+    grid = (n // (16 * warps), split)
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
-                          num_warps=warps, CL=cl, num_ctas=cl, **cst)
+                          num_warps=warps, **cst)
     check_window(h)
     return out
