@@ -135,10 +135,10 @@ def sass_counts(out=None):
     fn = K.lop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
-           "CNT": "*i32"}
+           "CNT": "*i32", "TLB": "*i64"}
     for bits in (2, 3, 4):
         for m in (1, 8, 16):
-            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True,
+            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=False,
                        **K.launch_consts(bits, 4, 4, 16, m))
             sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
             attrs = {(names.index(n),): [["tt.divisibility", 16]]

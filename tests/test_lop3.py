@@ -280,6 +280,16 @@ def test_lop3_kernel_on_gpu(m, bits):
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
+        # the timeline variant: the same output, and every program's four stamps in order
+        from matgptq.kernels.dispatch import launch_lop3
+        from matgptq.kernels.lop3_kernel import timeline_programs
+
+        tl = torch.zeros(timeline_programs(512, 2048, cfg.num_warps, cfg.split_k), 10, dtype=torch.int64, device="cuda")
+        out2 = torch.full_like(out, float("nan"))
+        launch_lop3(x, pw, bits, out2, None, cfg, tl)
+        assert torch.equal(out, out2)
+        g = tl[:, 0:8:2].cpu()
+        assert (g[:, 0] > 0).all() and (g[:, 1:] >= g[:, :-1]).all()
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -320,16 +330,16 @@ from matgptq.kernels import lop3_kernel as K
 fn, out = K.lop3_kernel, []
 names = fn.arg_names
 ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
-       "CNT": "*i32"}
-for bits, m in ((2, 1), (3, 9), (4, 16)):
-    cst = dict(ZCK=1.5, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, **K.launch_consts(bits, 4, 4, 16, m))
+       "CNT": "*i32", "TLB": "*i64"}
+for bits, m, tl in ((2, 1, False), (3, 9, False), (4, 16, False), (2, 1, True)):
+    cst = dict(ZCK=1.5, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=tl, **K.launch_consts(bits, 4, 4, 16, m))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()})
     comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
     K.check_window(comp)
     ptx = comp.asm["ptx"]
-    out.append(dict(bits=bits, m=m, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
-                    cp_async=ptx.count("cp.async.cg.shared.global")))
+    out.append(dict(bits=bits, m=m, tl=tl, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
+                    cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer")))
 print(json.dumps(out))
 """
 
@@ -338,7 +348,8 @@ def test_lop3_kernel_compiles_for_sm90():
     """Offline (no GPU), with the installed Triton: the Gluon kernel compiles for sm_90 with its
     shared window at offset 0 (check_window), counts its split-K programs with atomics, and its
     group loop (unrolled over the 4 ring stages) holds the mmas its PTX builders emit: per group
-    8 code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows."""
+    8 code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows. The
+    timeline variant (TL) adds its four timer reads and nothing else."""
     import json
     import subprocess
     import sys
@@ -351,7 +362,35 @@ def test_lop3_kernel_compiles_for_sm90():
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("this Triton has no bundled ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
-    got = {(r["bits"], r["m"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
-    for (bits, m), r in got.items():
+    got = {(r["bits"], r["m"], r["tl"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    for (bits, m, tl), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
         assert r["mma"] == 4 * 16 * (2 if m > 8 else 1), r  # 4 unrolled groups, 16 mmas each (and batch half)
+        assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
+    assert {k: v for k, v in got[(2, 1, True)].items() if k not in ("tl", "timer")} == \
+        {k: v for k, v in got[(2, 1, False)].items() if k not in ("tl", "timer")}
+
+
+def test_timeline_phases():
+    """benchmarks/lop3_timeline.py's summary of a launch's stamps, against the numbers by hand:
+    three programs on two SMs, timer in ns, clock64 in cycles (offset per SM, as SM clocks are)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lop3_timeline.py"
+    spec = importlib.util.spec_from_file_location("lop3_timeline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    starts, pro, loop, fin, sms = (1000, 1500, 3000), (500, 600, 700), (4000, 5000, 6000), (100, 200, 900), (3, 3, 7)
+    rows = []
+    for s, a, b, c, sm in zip(starts, pro, loop, fin, sms):
+        g = [s, s + a, s + a + b, s + a + b + c]
+        rows.append([v for t in g for v in (t, 2 * t + 10 ** 6 * sm)] + [sm, sm])
+    got = mod.phases(torch.tensor(rows))
+    assert got["programs"] == 3 and got["sms_used"] == 2 and got["programs_per_sm_max"] == 2
+    assert got["span_us"] == (3000 + 700 + 6000 + 900 - 1000) / 1e3
+    assert got["start_late_us_median"] == 0.5 and got["start_late_us_max"] == 2.0
+    assert got["tail_us"] == ((3000 + 700 + 6000 + 900) - (3000 + 700 + 6000)) / 1e3
+    assert (got["prologue_us_median"], got["loop_us_median"], got["finish_us_median"]) == (0.6, 5.0, 0.2)
+    assert (got["prologue_us_p90"], got["loop_us_p90"], got["finish_us_p90"]) == (0.7, 6.0, 0.9)
+    assert (got["prologue_cycles_median"], got["loop_cycles_median"], got["finish_cycles_median"]) == (1200, 10000, 400)

@@ -221,9 +221,10 @@ def _lop3_zero(pw: PackedWeight, bits: int) -> tuple[float, float]:
 
 
 def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor, bias: torch.Tensor | None,
-                cfg: KernelConfig) -> torch.Tensor:
+                cfg: KernelConfig, timeline: torch.Tensor | None = None) -> torch.Tensor:
     """Batches of up to 32 rows in launches of ``cfg.bm`` rows: 16 (one launch up to 16 rows), or 8
-    (where the activations of 16 rows would not leave the programs enough shared memory)."""
+    (where the activations of 16 rows would not leave the programs enough shared memory).
+    ``timeline``: the phase timestamps of the (last) launch's programs (lop3_kernel.launch_lop3)."""
     from . import lop3_kernel
 
     if not lop3_supported(x2, pw):
@@ -237,7 +238,8 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     ws, cnt = _workspace(x2.device, split * min(per, x2.shape[0]) * pw.n if split > 1 else 0, pw.n // 16)
     for r0 in range(0, x2.shape[0], per):
         lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
-                                out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k)
+                                out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k,
+                                timeline)
     return out
 
 

@@ -148,3 +148,14 @@ def issue_asm(bits, stages, nthreads, slot):
     t.append(f"cp.async.ca.shared.global [$17+{soff + slot * nthreads * 4}], [$8], 4, sz;")
     t += ["cp.async.commit_group;", "mov.u32 $0, 0;", "mov.u32 $1, 0;", "mov.u32 $2, 0;", "mov.u32 $3, 0;", "}"]
     return "\n".join(t)
+
+
+@constexpr_function
+def stamp_asm(ph):
+    """The timeline's stamp of phase ``ph``: thread 0 stores %globaltimer (ns) and %clock64 (its
+    SM's cycles) at byte 16 · ph of $1, an int64 [10] row (phase 0: also %smid at byte 64)."""
+    ph = int(ph)
+    sm = "mov.u32 s, %smid; cvt.u64.u32 g, s; @p st.global.v2.u64 [$1+64], {g, g}; " if ph == 0 else ""
+    return ("{ .reg .u64 g, c; .reg .u32 s; .reg .pred p; mov.u32 s, %tid.x; setp.eq.u32 p, s, 0; "
+            f"mov.u64 g, %globaltimer; mov.u64 c, %clock64; @p st.global.v2.u64 [$1+{16 * ph}], {{g, c}}; "
+            f"{sm}mov.u32 $0, 0; }}")

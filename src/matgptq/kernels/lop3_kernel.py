@@ -249,6 +249,14 @@ if gluon is not None:
                                          is_pure=False, pack=1)
 
     @gluon.jit
+    def stamp(TLB, pid, PH: gl.constexpr, TL: gl.constexpr):
+        """TL (the timeline, benchmarks/lop3_timeline.py): thread 0 writes %globaltimer (ns) and
+        %clock64 at phase PH of program pid to TLB[pid, PH] (phase 0 also %smid at TLB[pid, 4])."""
+        if TL:
+            gl.inline_asm_elementwise(A.stamp_asm(PH), "=r,l", [(TLB + pid * 10).to(gl.int64)], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+
+    @gluon.jit
     def _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
               BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
               CH: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, HB: gl.constexpr,
@@ -284,10 +292,10 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr, TLB, TL: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
-        the thread's base plus a constant."""
+        the thread's base plus a constant. TL: phase timestamps into TLB (see stamp)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -297,10 +305,12 @@ if gluon is not None:
         # store at the start and one at the end (nothing reads them)
         res = gl.allocate_shared_memory(gl.int32, [WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         z1 = gl.zeros([NT], gl.int32, L1)
-        res.slice(0, NT).store(z1)
-        cta_barrier()  # that store lands before any thread's copies
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
+        pid = pid_k * gl.num_programs(0) + pid_n
+        stamp(TLB, pid, 0, TL)
+        res.slice(0, NT).store(z1)
+        cta_barrier()  # that store lands before any thread's copies
         g, c, e, ta, so = lanes(pid_n, NW, LY)
         q64, q16, q4 = quads(AQ, e, ta)
         qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # word set u of a lane at + 128 u
@@ -313,6 +323,7 @@ if gluon is not None:
             issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
         wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         cta_barrier()  # and for every thread
+        stamp(TLB, pid, 1, TL)
         xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2)
         xl = xc + gl.minimum(g, M - 1) * XS  # batch row g (the mma's column), rows past M read row M - 1
         xl2 = xc + gl.minimum(g + 8, M - 1) * XS  # HB: batch row g + 8
@@ -328,10 +339,12 @@ if gluon is not None:
                                       ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
         wait_copies(0, e)
         cta_barrier()
+        stamp(TLB, pid, 2, TL)
         res.slice(0, NT).store(z1)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
         finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D, HB)
+        stamp(TLB, pid, 3, TL)
 
 
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
@@ -382,10 +395,12 @@ def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
 
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
-                cnt: torch.Tensor, warps: int, stages: int, split_k: int) -> torch.Tensor:
+                cnt: torch.Tensor, warps: int, stages: int, split_k: int,
+                timeline: torch.Tensor | None = None) -> torch.Tensor:
     """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
-    N / (16 · warps) zeroed counters (the kernel leaves them zero)."""
+    N / (16 · warps) zeroed counters (the kernel leaves them zero). ``timeline``: int64
+    [programs, 10] to receive each program's phase timestamps (:func:`timeline_programs`)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
                          f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
@@ -399,6 +414,13 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
-                          num_warps=warps, **cst)
+                          TLB=timeline if timeline is not None else cnt, TL=timeline is not None, num_warps=warps,
+                          **cst)
     check_window(h)
     return out
+
+
+def timeline_programs(n: int, k: int, warps: int, split_k: int) -> int:
+    """Programs of a launch (rows of its ``timeline``): row tiles x the split that covers K."""
+    ng = k // 128
+    return n // (16 * warps) * -(-ng // -(-ng // split_k))
