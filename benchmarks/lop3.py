@@ -121,32 +121,39 @@ def time_point(n, k, bits, m, bw, fp16_cache):
     return row, key, KernelConfig.from_key(best)
 
 
-def sass_counts(out=None):
-    """Compile the library's lop3 kernel for sm_90 without a GPU (Triton >= 3.5) and count the
-    instructions of its group loop per weight (kernel_sass.py's reading), batch 1, 8 and 16, with bias."""
+def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16):
+    """The library's lop3 kernel compiled for sm_90 without a GPU (Triton >= 3.5, with bias; its
+    shared window checked at offset 0): the CompiledKernel, .asm["ptx"] / ["sass"] to read."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from kernel_sass import loop_mix
     from matgptq.kernels import lop3_kernel as K
 
-    rows = []
     fn = K.lop3_kernel
     names = fn.arg_names
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32", "TLB": "*i64"}
+    cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=timeline,
+               **K.launch_consts(bits, warps, stages, gps, m))
+    sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]]
+             for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT", "stride_om", "N", "SP", "WS", "CNT")}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()}, attrs=attrs)
+    comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    K.check_window(comp)
+    return comp
+
+
+def sass_counts(out=None):
+    """Compile the library's lop3 kernel for sm_90 without a GPU (Triton >= 3.5) and count the
+    instructions of its group loop per weight (kernel_sass.py's reading), batch 1, 8 and 16, with bias."""
+    from kernel_sass import loop_mix
+
+    rows = []
     for bits in (2, 3, 4):
         for m in (1, 8, 16):
-            cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=False,
-                       **K.launch_consts(bits, 4, 4, 16, m))
-            sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
-            attrs = {(names.index(n),): [["tt.divisibility", 16]]
-                     for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT", "stride_om", "N", "SP", "WS", "CNT")}
-            src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()},
-                                 attrs=attrs)
-            comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-            K.check_window(comp)
+            comp = compile_lop3(bits, m)
             hb = 2 if m > 8 else 1  # rows 8-15: a second set of mmas on the same decoded pairs
             regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4 * hb)
             per = sum(mix.values()) / (4 * 16 * 128 / 32)  # 4 groups a loop trip, 64 weights a thread each
@@ -232,18 +239,21 @@ def summarize(rows):
         if len(best) > 1 and 4 in best:
             print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
                   + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
-    pairs = []  # lop3_h100g.json (commit f1df942's cluster launches, key part c1): the best cluster launch's time
+    pairs, same = [], []  # lop3_h100g.json (commit f1df942's cluster launches, key part c1): the best cluster launch's time
     # over the best global split-K launch
     for r in rows:
         cl = [v for c, v in r["tried"].items() if c.startswith("lop3") and c.endswith(":c1")]
         gl_ = [v for c, v in r["tried"].items() if c.startswith("lop3") and not c.endswith(":c1")]
         if cl and gl_:
             pairs.append((r["shape"], r["bits"], r["batch"], min(cl) / min(gl_)))
+            same += [v / r["tried"][c[:-3]] for c, v in r["tried"].items() if c.endswith(":c1") and c[:-3] in r["tried"]]
     if pairs:
         q = [p[3] for p in pairs]
         print(f"cluster launches (split-K through distributed shared memory): the best one takes "
               f"{statistics.median(q):.3f}x the time of the best global-split launch in the median ({min(q):.3f}-{max(q):.3f}x, {len(q)} points); "
-              + ", ".join(f"{s} b{b} m{m} {v:.3f}x" for s, b, m, v in pairs), flush=True)
+              + ", ".join(f"{s} b{b} m{m} {v:.3f}x" for s, b, m, v in pairs)
+              + f"; the same launch with a cluster over without: {min(same):.3f}-{max(same):.3f}x ({len(same)} pairs)",
+              flush=True)
     mid = ("4096x14336", "14336x4096", "8192x8192")
     for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):
         at = [r for r in rows if r["batch"] == m and (r["shape"] in mid) == (part == "mid")]

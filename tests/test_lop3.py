@@ -321,23 +321,13 @@ def test_lop3_launches_fit_their_shared_memory(n, k, m, bits):
 
 
 OFFLINE = r"""
-import json
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
-from matgptq.kernels import lop3_kernel as K
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from lop3 import compile_lop3
 
-fn, out = K.lop3_kernel, []
-names = fn.arg_names
-ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
-       "CNT": "*i32", "TLB": "*i64"}
+out = []
 for bits, m, tl in ((2, 1, False), (3, 9, False), (4, 16, False), (2, 1, True)):
-    cst = dict(ZCK=1.5, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=tl, **K.launch_consts(bits, 4, 4, 16, m))
-    sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
-    src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cst.items()})
-    comp = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-    K.check_window(comp)
-    ptx = comp.asm["ptx"]
+    ptx = compile_lop3(bits, m, timeline=tl).asm["ptx"]
     out.append(dict(bits=bits, m=m, tl=tl, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
                     cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer")))
 print(json.dumps(out))
@@ -345,8 +335,8 @@ print(json.dumps(out))
 
 
 def test_lop3_kernel_compiles_for_sm90():
-    """Offline (no GPU), with the installed Triton: the Gluon kernel compiles for sm_90 with its
-    shared window at offset 0 (check_window), counts its split-K programs with atomics, and its
+    """Offline (no GPU), with the installed Triton (benchmarks/lop3.py's compile_lop3): the Gluon
+    kernel compiles for sm_90 with its shared window at offset 0 (check_window), counts its split-K programs with atomics, and its
     group loop (unrolled over the 4 ring stages) holds the mmas its PTX builders emit: per group
     8 code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows. The
     timeline variant (TL) adds its four timer reads and nothing else."""
@@ -358,7 +348,8 @@ def test_lop3_kernel_compiles_for_sm90():
     pytest.importorskip("triton.experimental.gluon")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(root / "src"))
-    res = subprocess.run([sys.executable, "-c", OFFLINE], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", OFFLINE, str(root / "benchmarks")], capture_output=True, text=True,
+                         env=env, timeout=600)
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("this Triton has no bundled ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
