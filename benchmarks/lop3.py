@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import kernel_bench as kb  # noqa: E402  (graph timing, copy bandwidth, packing helpers)
 
-from matgptq.kernels import configs  # noqa: E402
+from matgptq.kernels import configs, lop3_kernel  # noqa: E402
 from matgptq.kernels.configs import KernelConfig  # noqa: E402
 from matgptq.kernels.dispatch import (_device_name, _sms, choose_config, dequantize_triton, fmt_key,  # noqa: E402
                                       run_config)
@@ -78,7 +78,7 @@ def check(widths=(2, 3, 4), n=512, k=2048):
     return worst, fails
 
 
-def time_point(n, k, bits, m, bw, fp16_cache):
+def time_point(n, k, bits, m, bw, fp16_cache, ab=False):
     pw0, _ = kb.make_packed(n, k, bits, "lop3", "nested", 128, seed=bits)
     fx0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
     lops = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
@@ -95,6 +95,15 @@ def time_point(n, k, bits, m, bw, fp16_cache):
         except Exception as e:  # as the autotuner does: a candidate that does not compile is skipped
             print(f"  {cfg.key()} skipped: {repr(e)[:120]}", flush=True)
     best = min(tried, key=tried.get)
+    per_group = {}
+    if ab and lop3_kernel.block_offsets(m, 4):  # the same candidates with the offset mma in every group
+        lop3_kernel.BLOCK_OFFSETS = False
+        try:
+            for cfg in cands:
+                per_group[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
+                                                            for p, o in zip(lops, outs)]), 2)
+        finally:
+            lop3_kernel.BLOCK_OFFSETS = True
     fcfg = choose_config(x, fx0, bits)
     fixed_t = kb.graph_time([lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None) for p, o in zip(fixs, outs)])
     if (n, k, m) not in fp16_cache:
@@ -117,6 +126,10 @@ def time_point(n, k, bits, m, bw, fp16_cache):
                deq_cublas_us=None if tdq is None else round(tdq, 2),
                lop3_dequant_us=None if tdq_lop3 is None else round(tdq_lop3, 2), bytes=need,
                pct_copy=round(100 * need / (t * 1e-6) / bw, 1), tried=tried)
+    if per_group:  # --ab: the best launch without the batch-1 block offsets (OB), and its share
+        pg = min(per_group, key=per_group.get)
+        row.update(per_group_us=per_group[pg], per_group_config=pg, per_group_pct_copy=round(
+            100 * need / (per_group[pg] * 1e-6) / bw, 1), tried_per_group=per_group)
     key = configs.table_key(_device_name(x.device), n, k, m, fmt_key(pw0, bits, x.dtype))
     return row, key, KernelConfig.from_key(best)
 
@@ -149,18 +162,21 @@ def sass_counts(out=None):
     """Compile the library's lop3 kernel for sm_90 without a GPU (Triton >= 3.5) and count the
     instructions of its group loop per weight (kernel_sass.py's reading), batch 1, 8 and 16, with bias."""
     from kernel_sass import loop_mix
+    from matgptq.kernels.lop3_kernel import block_offsets
 
     rows = []
     for bits in (2, 3, 4):
         for m in (1, 8, 16):
             comp = compile_lop3(bits, m)
             hb = 2 if m > 8 else 1  # rows 8-15: a second set of mmas on the same decoded pairs
-            regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == 16 * 4 * hb)
-            per = sum(mix.values()) / (4 * 16 * 128 / 32)  # 4 groups a loop trip, 64 weights a thread each
+            # a loop trip: 4 groups (the ring's stages), 16 mmas each; batch 1 (OB): 8 groups, 8 each + 8
+            groups, mmas = (8, 8 * 8 + 8) if block_offsets(m, 4) else (4, 16 * 4 * hb)
+            regs, mix = loop_mix(comp, lambda body: sum("HMMA" in t for t in body) == mmas)
+            per = sum(mix.values()) / (groups * 16 * 128 / 32)  # 64 weights a thread and group
             rows.append(dict(kernel="lop3", bits=bits, batch=m, registers=regs, per_weight=round(per, 3),
-                             lop3=mix["LOP3"]))
+                             lop3=mix["LOP3"], groups_per_trip=groups))
             print(f"lop3 kernel {bits}-bit batch {m}: {regs} registers, {per:.2f} instructions per weight, "
-                  f"{mix['LOP3']} LOP3 in the loop (4 groups)", flush=True)
+                  f"{mix['LOP3']} LOP3 in the loop ({groups} groups)", flush=True)
     rows += gemm_sass_counts()
     if out:
         with open(os.path.join(out, "lop3_sass_triton36.json"), "w") as f:
@@ -287,6 +303,8 @@ def main():
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
     ap.add_argument("--variants", metavar="JSON", help="no GPU: the ratios of a saved variant run (us_VALUE columns)")
+    ap.add_argument("--ab", action="store_true", help="batch 1: also every launch without the kernel's block "
+                    "offsets (lop3_kernel.BLOCK_OFFSETS off: the offset mma in every group)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
@@ -312,13 +330,15 @@ def main():
         n, k = (int(v) for v in shape.split("x"))
         for bits in (int(b) for b in args.bits.split(",")):
             for m in (int(b) for b in args.batches.split(",")):
-                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache)
+                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache, args.ab)
                 rows.append(row)
                 tuned[key] = cfg.__dict__.copy()
                 print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) "
                       f"{row['config']:28s} fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  "
                       f"fp16 {row['fp16_us']:8.2f}  "
-                      f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}", flush=True)
+                      f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}"
+                      + (f"  per-group offsets {row['per_group_us']:.2f} ({row['per_group_pct_copy']:.1f} %)"
+                         if "per_group_us" in row else ""), flush=True)
                 if args.out:  # after every point: a run cut off keeps what it measured
                     save(args.out, args.tag, dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst,
                                                   check_failures=fails, rows=rows), tuned)

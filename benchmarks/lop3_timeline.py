@@ -103,7 +103,8 @@ def main():
     ap.add_argument("--shapes", default="4096x14336,14336x4096,8192x8192")
     ap.add_argument("--bits", default="2,3,4")
     ap.add_argument("--batches", default="1")
-    ap.add_argument("--config", default=None, help="a lop3 launch key (default: the table's or the heuristic's)")
+    ap.add_argument("--config", default=None, help="lop3 launch keys, comma-separated, each timed at every point "
+                    "(default: the table's or the heuristic's)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print a saved run")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h100")
@@ -119,14 +120,15 @@ def main():
         n, k = (int(v) for v in shape.split("x"))
         for bits in (int(b) for b in args.bits.split(",")):
             for m in (int(b) for b in args.batches.split(",")):
-                rows.append(time_point(n, k, bits, m, args.config))
-                show(rows[-1:])
-                if args.out:  # after every point, atomically
-                    os.makedirs(args.out, exist_ok=True)
-                    path = os.path.join(args.out, f"lop3_timeline_{args.tag}.json")
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-                    os.replace(path + ".tmp", path)
+                for config in args.config.split(",") if args.config else [None]:
+                    rows.append(time_point(n, k, bits, m, config))
+                    show(rows[-1:])
+                    if args.out:  # after every point, atomically
+                        os.makedirs(args.out, exist_ok=True)
+                        path = os.path.join(args.out, f"lop3_timeline_{args.tag}.json")
+                        with open(path + ".tmp", "w") as f:
+                            json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
+                        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

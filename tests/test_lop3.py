@@ -270,21 +270,34 @@ def test_lop3_kernel_on_gpu(m, bits):
     from matgptq.kernels.configs import KernelConfig
     from matgptq.kernels.dispatch import run_config
 
-    pw, w = _lop3_case(512, 2048, bits, "nested", seed=m)
+    from matgptq.kernels import lop3_kernel
+
+    k = 2304  # 18 groups: blocks of eight with a short last one (batch 1's OB path)
+    pw, w = _lop3_case(512, k, bits, "nested", seed=m)
     pw = pw.with_buffers(pw.qweight.cuda(), pw.scales.cuda(), None)
-    x = torch.randn(m, 2048, device="cuda").half()
+    x = torch.randn(m, k, device="cuda").half()
     for cfg in (KernelConfig("lop3", split_k=1, num_warps=4, num_stages=4),
-                KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2)):
+                KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2),
+                KernelConfig("lop3", split_k=2, num_warps=1, num_stages=3),
+                KernelConfig("lop3", split_k=3, num_warps=2, num_stages=8)):
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
         run_config(cfg, x, pw, bits, out, None)
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
+        if lop3_kernel.block_offsets(m, cfg.num_stages):  # the same bits as the offset mma per group
+            lop3_kernel.BLOCK_OFFSETS = False
+            try:
+                per_group = torch.full_like(out, float("nan"))
+                run_config(cfg, x, pw, bits, per_group, None)
+            finally:
+                lop3_kernel.BLOCK_OFFSETS = True
+            assert torch.equal(out, per_group)
         # the timeline variant: the same output, and every program's four stamps in order
         from matgptq.kernels.dispatch import launch_lop3
         from matgptq.kernels.lop3_kernel import timeline_programs
 
-        tl = torch.zeros(timeline_programs(512, 2048, cfg.num_warps, cfg.split_k), 10, dtype=torch.int64, device="cuda")
+        tl = torch.zeros(timeline_programs(512, k, cfg.num_warps, cfg.split_k), 10, dtype=torch.int64, device="cuda")
         out2 = torch.full_like(out, float("nan"))
         launch_lop3(x, pw, bits, out2, None, cfg, tl)
         assert torch.equal(out, out2)
@@ -326,10 +339,11 @@ sys.path.insert(0, sys.argv[1])
 from lop3 import compile_lop3
 
 out = []
-for bits, m, tl in ((2, 1, False), (3, 9, False), (4, 16, False), (2, 1, True)):
-    ptx = compile_lop3(bits, m, timeline=tl).asm["ptx"]
-    out.append(dict(bits=bits, m=m, tl=tl, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
-                    cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer")))
+for bits, m, tl, st in ((2, 1, False, 4), (3, 1, False, 3), (3, 9, False, 4), (4, 16, False, 4), (2, 1, True, 4)):
+    ptx = compile_lop3(bits, m, timeline=tl, stages=st).asm["ptx"]
+    out.append(dict(bits=bits, m=m, tl=tl, stages=st, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
+                    cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer"),
+                    shfl=ptx.count("shfl.sync")))
 print(json.dumps(out))
 """
 
@@ -337,9 +351,11 @@ print(json.dumps(out))
 def test_lop3_kernel_compiles_for_sm90():
     """Offline (no GPU), with the installed Triton (benchmarks/lop3.py's compile_lop3): the Gluon
     kernel compiles for sm_90 with its shared window at offset 0 (check_window), counts its split-K programs with atomics, and its
-    group loop (unrolled over the 4 ring stages) holds the mmas its PTX builders emit: per group
-    8 code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows. The
-    timeline variant (TL) adds its four timer reads and nothing else."""
+    group loop holds the mmas its PTX builders emit: unrolled over the ring stages, per group 8
+    code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows; at batch 1
+    with a ring of 2, 4 or 8 stages (OB) unrolled over a block of eight groups, 8 code mmas a
+    group, one offset mma for the block and a shuffle a group. The timeline variant (TL) adds its
+    four timer reads and nothing else."""
     import json
     import subprocess
     import sys
@@ -353,13 +369,19 @@ def test_lop3_kernel_compiles_for_sm90():
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("this Triton has no bundled ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
+    from matgptq.kernels.lop3_kernel import block_offsets
+
     got = {(r["bits"], r["m"], r["tl"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
     for (bits, m, tl), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
-        assert r["mma"] == 4 * 16 * (2 if m > 8 else 1), r  # 4 unrolled groups, 16 mmas each (and batch half)
+        if block_offsets(m, r["stages"]):
+            assert r["mma"] == 8 * 8 + 8 and r["shfl"] == 8, r  # 8 groups, 8 code mmas each, 8 for the block
+        else:  # the unrolled groups, 16 mmas each (and the batch half)
+            assert r["mma"] == r["stages"] * 16 * (2 if m > 8 else 1) and r["shfl"] == 0, r
         assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
     assert {k: v for k, v in got[(2, 1, True)].items() if k not in ("tl", "timer")} == \
         {k: v for k, v in got[(2, 1, False)].items() if k not in ("tl", "timer")}
+    assert block_offsets(1, 4) and not block_offsets(1, 3) and not block_offsets(2, 4)
 
 
 def test_timeline_phases():

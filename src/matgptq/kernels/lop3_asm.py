@@ -101,6 +101,32 @@ def end_asm(zc, one_row):
     return "\n".join(lines)
 
 
+@constexpr_function
+def block_t_asm(zc):
+    """Batch 1, after the offset mma of a block of eight groups (B column n: group n of the block):
+    $4-7 its result in the lane 4g + c (sum x of groups 2c, 2c+1, then their offset sums) ->
+    $0, $1 the corrections offsum + z * sum x of groups 2c, 2c + 1 ($2, $3: copies)."""
+    st = __import__("struct")
+    bits = st.unpack("I", st.pack("f", float(zc)))[0]
+    return ("{ .reg .f32 z0; "
+            f"mov.b32 z0, 0f{bits:08X}; fma.rn.f32 $0, z0, $4, $6; fma.rn.f32 $1, z0, $5, $7; "
+            "mov.f32 $2, $0; mov.f32 $3, $1; }")
+
+
+@constexpr_function
+def end_block_asm(n):
+    """Batch 1, group n (0-7) of a block: acc += s * (d - t_n) on the elements of batch row 0,
+    t_n (block_t_asm's correction of group n) fetched from lane n // 2, where it is element n % 2.
+    $4-7 d, $8-11 the lane's corrections, $12 the scale pair, $14-17 acc; the odd elements (batch
+    row 1) are left as they are. The same arithmetic as end_asm's, so the same bits."""
+    n = int(n)
+    return "\n".join(["{", ".reg .f32 s0, s1, tg, t0, t2;", ".reg .b16 h0, h1;", "mov.b32 {h0, h1}, $12;",
+                      "cvt.f32.f16 s0, h0;", "cvt.f32.f16 s1, h1;",
+                      f"shfl.sync.idx.b32 tg, ${8 + n % 2}, {n // 2}, 0x1f, 0xffffffff;",
+                      "sub.f32 t0, $4, tg;", "fma.rn.f32 $0, s0, t0, $14;", "mov.f32 $1, $15;",
+                      "sub.f32 t2, $6, tg;", "fma.rn.f32 $2, s1, t2, $16;", "mov.f32 $3, $17;", "}"])
+
+
 def offset_quads(bits: int = 2) -> list[int]:
     """The offset mma's A registers {1, 64, 1, 64}, {1, 16, ..}, {1, 4, ..} as int32 fp16 pairs
     (3 bits: 128, 32, 8, the offsets of its steps at P3 = P2 - 1)."""

@@ -83,21 +83,33 @@ if gluon is not None:
         return r
 
     @gluon.jit
-    def group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS: gl.constexpr, ZCK: gl.constexpr,
-                   ONE_ROW: gl.constexpr):
-        """One 128-column group of one batch half (x0..x3: its activations): the offset mma, the
-        code mmas and the group's end. The second half's call repeats the decode's lop3s with the
-        same operands; ptxas computes them once (the asm is plain PTX to it)."""
-        p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, acc, True)
+    def offsets(x0, x1, x2, x3, like, q64, q16, q4, BITS: gl.constexpr):
+        """The offset mma of one group's activations x0..x3 (8 mmas): per B column, sum x (rows
+        0-7) and the offset-weighted sum (rows 8-15)."""
+        p = off2(quad(0, BITS, q64, q16, q4), quad(1, BITS, q64, q16, q4), x0, like, True)
         p = off2(quad(2, BITS, q64, q16, q4), quad(3, BITS, q64, q16, q4), x1, p, False)
         p = off2(quad(4, BITS, q64, q16, q4), quad(5, BITS, q64, q16, q4), x2, p, False)
-        p = off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
+        return off2(quad(6, BITS, q64, q16, q4), quad(7, BITS, q64, q16, q4), x3, p, False)
+
+    @gluon.jit
+    def group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, t, BITS: gl.constexpr, ZCK: gl.constexpr,
+                   ONE_ROW: gl.constexpr, OB: gl.constexpr, NB: gl.constexpr):
+        """One 128-column group of one batch half (x0..x3: its activations): the offset mma, the
+        code mmas and the group's end. The second half's call repeats the decode's lop3s with the
+        same operands; ptxas computes them once (the asm is plain PTX to it). OB (batch 1): no
+        offset mma here; the group is column NB of its block's (corrections in t)."""
         d = code2(w0, wb, x0, acc, BITS, 0, True)
         d = code2(w0, wb, x1, d, BITS, 2, False)
         d = code2(w1, wb, x2, d, BITS, 4, False)
         d = code2(w1, wb, x3, d, BITS, 6, False)
-        return gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
-                                         [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+        if OB:
+            r = gl.inline_asm_elementwise(A.end_block_asm(NB), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                          [d, t, s, acc], dtype=gl.float32, is_pure=False, pack=4)
+        else:
+            p = offsets(x0, x1, x2, x3, acc, q64, q16, q4, BITS)
+            r = gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
+                                          [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
+        return r
 
     @gluon.jit
     def lanes(pid_n, NW: gl.constexpr, LY: gl.constexpr):
@@ -257,34 +269,36 @@ if gluon is not None:
                                       is_pure=False, pack=1)
 
     @gluon.jit
-    def _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK: gl.constexpr,
+    def _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, t, BLK: gl.constexpr,
               BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr, STAGES: gl.constexpr, NT: gl.constexpr,
               CH: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr, XS: gl.constexpr, HB: gl.constexpr,
-              i: gl.constexpr):
-        """Group G from ring slot i: wait for it, read it back, refill the slot of group G - 1 with
-        group G + STAGES - 1, decode; with HB, batch rows 8-15 too (activations at xg2, into acc2)."""
+              OB: gl.constexpr, i: gl.constexpr):
+        """Group G, the i-th of its loop iteration, from ring slot i % STAGES: wait for it, read it
+        back, refill the slot of group G - 1 with group G + STAGES - 1, decode; with HB, batch rows
+        8-15 too (activations at xg2, into acc2); OB: t holds its block's corrections."""
+        SL: gl.constexpr = i % STAGES
         base = bases + wait_copies(STAGES - 2, bases)
-        w0 = read16(base, i * CH * NT * 16)
+        w0 = read16(base, SL * CH * NT * 16)
         w1 = w0
         wb = w0
         if BITS == 4:
-            w1 = read16(base, (i * CH + 1) * NT * 16)
+            w1 = read16(base, (SL * CH + 1) * NT * 16)
         if BITS == 3:
-            wb = read8(base, A.low_ring(BITS, STAGES, NT) + i * NT * 8)
+            wb = read8(base, A.low_ring(BITS, STAGES, NT) + SL * NT * 8)
         x0 = read16(xg, i * XR * XS)
         x1 = read16(xg, i * XR * XS + 16)
         x2 = read16(xg, i * XR * XS + 32)
         x3 = read16(xg, i * XR * XS + 48)
-        s = read_scales(base, SOFF + i * NT * 4)
+        s = read_scales(base, SOFF + SL * NT * 4)
         if HB:
             y0 = read16(xg2, i * XR * XS)
             y1 = read16(xg2, i * XR * XS + 16)
             y2 = read16(xg2, i * XR * XS + 32)
             y3 = read16(xg2, i * XR * XS + 48)
-        issue(Q, S, qo, qb, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (i + STAGES - 1) % STAGES)
-        acc = group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, BITS, ZCK, ONE_ROW)
+        issue(Q, S, qo, qb, so, G + STAGES - 1, g1, SP, bases, BLK, BITS, STAGES, NT, (SL + STAGES - 1) % STAGES)
+        acc = group_math(w0, w1, wb, x0, x1, x2, x3, s, acc, q64, q16, q4, t, BITS, ZCK, ONE_ROW, OB, i)
         if HB:
-            acc2 = group_math(w0, w1, wb, y0, y1, y2, y3, s, acc2, q64, q16, q4, BITS, ZCK, False)
+            acc2 = group_math(w0, w1, wb, y0, y1, y2, y3, s, acc2, q64, q16, q4, t, BITS, ZCK, False, False, i)
         return acc, acc2
 
     @gluon.jit
@@ -292,10 +306,13 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, TLB, TL: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, TLB, TL: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
-        the thread's base plus a constant. TL: phase timestamps into TLB (see stamp)."""
+        the thread's base plus a constant. OB (batch 1, STAGES dividing 8): unrolled eight times,
+        one offset mma a block of eight groups, its B column n group n of the block (lane group g
+        reads group g's activations), each group's correction then fetched from the lane that
+        holds it: 1 mma a group in place of 8. TL: phase timestamps into TLB (see stamp)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -329,14 +346,28 @@ if gluon is not None:
         xl2 = xc + gl.minimum(g + 8, M - 1) * XS  # HB: batch row g + 8
         acc = gl.zeros([NW, 128], gl.float32, LY)
         acc2 = acc
-        for G0 in range(g0, g1, STAGES):
-            xg = xl + (G0 - g0) * (XR * XS)
-            xg2 = xl2 + (G0 - g0) * (XR * XS)
-            for i in gl.static_range(STAGES):
-                G = G0 + i
-                if G < g1:
-                    acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, BLK, BITS,
-                                      ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, i)
+        if OB:
+            xb = xc + g * XS  # lane group g: group g of each block (XR = 1, GMAX >= 8)
+            for G0 in range(g0, g1, 8):
+                xo = xb + (G0 - g0) * XS
+                t = offsets(read16(xo, 0), read16(xo, 16), read16(xo, 32), read16(xo, 48), acc, q64, q16, q4, BITS)
+                t = gl.inline_asm_elementwise(A.block_t_asm(ZCK), "=f,=f,=f,=f,f,f,f,f", [t], dtype=gl.float32,
+                                              is_pure=True, pack=4)
+                xg = xl + (G0 - g0) * XS
+                for i in gl.static_range(8):
+                    G = G0 + i
+                    if G < g1:
+                        acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg, acc, acc2, q64, q16, q4, t, BLK,
+                                          BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB, i)
+        else:
+            for G0 in range(g0, g1, STAGES):
+                xg = xl + (G0 - g0) * (XR * XS)
+                xg2 = xl2 + (G0 - g0) * (XR * XS)
+                for i in gl.static_range(STAGES):
+                    G = G0 + i
+                    if G < g1:
+                        acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, acc,
+                                          BLK, BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB, i)
         wait_copies(0, e)
         cta_barrier()
         stamp(TLB, pid, 2, TL)
@@ -347,6 +378,7 @@ if gluon is not None:
         stamp(TLB, pid, 3, TL)
 
 
+BLOCK_OFFSETS = True  # batch 1: the offset mma once per block of eight groups (OB); off: per group, as at 2-16 rows
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
 XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
 
@@ -355,13 +387,20 @@ def _pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def block_offsets(m: int, stages: int) -> bool:
+    """Whether a launch of ``m`` rows takes the kernel's OB path (BLOCK_OFFSETS, batch 1, and a
+    ring whose slots repeat within a block of eight groups)."""
+    return BLOCK_OFFSETS and m == 1 and 8 % stages == 0
+
+
 def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int) -> dict:
     """The kernel's layout constants: GMAX >= GPS groups and XR >= M rows of activations in shared
-    memory after the rings."""
-    gmax, xr = _pow2(gps), _pow2(m)
+    memory after the rings (OB: whole blocks of eight groups, zero past the program's last)."""
+    ob = block_offsets(m, stages)
+    gmax, xr = max(_pow2(gps), 8 if ob else 1), _pow2(m)
     soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * XS_PADDED)
     return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words,
-                XS=XS_PADDED, HB=m > 8)
+                XS=XS_PADDED, HB=m > 8, OB=ob)
 
 
 def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int) -> int:
