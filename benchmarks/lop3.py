@@ -134,7 +134,7 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=False):
     return row, key, KernelConfig.from_key(best)
 
 
-def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16):
+def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1):
     """The library's lop3 kernel compiled for sm_90 without a GPU (Triton >= 3.5, with bias; its
     shared window checked at offset 0): the CompiledKernel, .asm["ptx"] / ["sass"] to read."""
     import triton
@@ -148,7 +148,7 @@ def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16):
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32", "TLB": "*i64"}
     cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=timeline,
-               **K.launch_consts(bits, warps, stages, gps, m))
+               **K.launch_consts(bits, warps, stages, gps, m, k_parts))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in ("X", "stride_xm", "Q", "S", "AQ", "OUT", "stride_om", "N", "SP", "WS", "CNT")}

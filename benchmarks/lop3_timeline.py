@@ -76,7 +76,7 @@ def time_point(n, k, bits, m, config):
     if cfg.kind != "lop3" or m > lop3_kernel.MAX_M:
         raise SystemExit(f"{n}x{k} b{bits} m{m}: the launch is {cfg.key()}, not the lop3 kernel's one launch; "
                          "pass --config lop3:... and at most 16 rows")
-    progs = lop3_kernel.timeline_programs(n, k, cfg.num_warps, cfg.split_k)
+    progs = lop3_kernel.timeline_programs(n, k, cfg.num_warps, cfg.split_k, cfg.k_unroll)
     tls = [torch.zeros(progs, 10, dtype=torch.int64, device="cuda") for _ in pws]
     us = kb.graph_time([lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(pws, outs)])
     us_tl = kb.graph_time([lambda p=p, o=o, t=t: launch_lop3(x, p, bits, o, None, cfg, t)

@@ -227,8 +227,12 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("mma:bm8:x3")
     with pytest.raises(ValueError, match="use 1, 2, 4 or 8"):
         KernelConfig("mma", k_unroll=3)
-    with pytest.raises(ValueError, match="only the 'mma' kernel"):
+    with pytest.raises(ValueError, match="only the 'mma' and 'lop3' kernels"):
         KernelConfig.from_key("gemv:bm1:bn64:sk4:w4:s1:ku2")
+    with pytest.raises(ValueError, match="k_unroll=4 with num_warps=2, kind='lop3'.*divides num_warps"):
+        KernelConfig.from_key("lop3:bm16:bn16:sk1:w2:s4:ku4")
+    lop3 = KernelConfig.from_key("lop3:bm16:bn16:sk1:w8:s4:ku8")
+    assert lop3.k_unroll == 8 and KernelConfig.from_key(lop3.key()) == lop3
     with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
     with pytest.raises(ValueError, match="units_outer=1 with kind='gemm': it orders the mma kernel's"):

@@ -276,10 +276,20 @@ def test_lop3_kernel_on_gpu(m, bits):
     pw, w = _lop3_case(512, k, bits, "nested", seed=m)
     pw = pw.with_buffers(pw.qweight.cuda(), pw.scales.cuda(), None)
     x = torch.randn(m, k, device="cuda").half()
+    from matgptq.kernels.configs import _lop3_split_ok
+
     for cfg in (KernelConfig("lop3", split_k=1, num_warps=4, num_stages=4),
                 KernelConfig("lop3", bm=8, split_k=4, num_warps=2, num_stages=2),
                 KernelConfig("lop3", split_k=2, num_warps=1, num_stages=3),
-                KernelConfig("lop3", split_k=3, num_warps=2, num_stages=8)):
+                KernelConfig("lop3", split_k=3, num_warps=2, num_stages=8),
+                # k parts: 4 warps a tile (parts of 5 groups, the last one short), 2 a tile at split 2,
+                # 4 a tile at split 3 with a 3-stage ring (parts of 2 groups)
+                KernelConfig("lop3", bn=16, split_k=1, num_warps=4, num_stages=4, k_unroll=4),
+                KernelConfig("lop3", bn=64, split_k=2, num_warps=8, num_stages=4, k_unroll=2),
+                KernelConfig("lop3", bm=8, bn=16, split_k=3, num_warps=4, num_stages=3, k_unroll=4)):
+        if not _lop3_split_ok(512, k // 128, min(m, cfg.bm), bits, cfg.num_warps, cfg.num_stages,
+                              -(-(k // 128) // -(-(k // 128) // cfg.split_k)), cfg.k_unroll):
+            continue  # its activations do not fit next to the rings (the tuner never offers it)
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
         run_config(cfg, x, pw, bits, out, None)
         ref = x.double().cpu() @ w.t()
@@ -297,7 +307,7 @@ def test_lop3_kernel_on_gpu(m, bits):
         from matgptq.kernels.dispatch import launch_lop3
         from matgptq.kernels.lop3_kernel import timeline_programs
 
-        tl = torch.zeros(timeline_programs(512, k, cfg.num_warps, cfg.split_k), 10, dtype=torch.int64, device="cuda")
+        tl = torch.zeros(timeline_programs(512, k, cfg.num_warps, cfg.split_k, cfg.k_unroll), 10, dtype=torch.int64, device="cuda")
         out2 = torch.full_like(out, float("nan"))
         launch_lop3(x, pw, bits, out2, None, cfg, tl)
         assert torch.equal(out, out2)
@@ -324,8 +334,9 @@ def test_lop3_launches_fit_their_shared_memory(n, k, m, bits):
                 continue
             assert kernel and m <= configs.LOP3_MAX_M, cfg.key()
             gps = -(-groups // cfg.split_k)
-            assert shared_bytes(bits, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm)) <= configs.LOP3_SHARED
-            assert n % cfg.bn == 0 and cfg.bn == 16 * cfg.num_warps
+            assert shared_bytes(bits, cfg.num_warps, cfg.num_stages, gps, min(m, cfg.bm),
+                                cfg.k_unroll) <= configs.LOP3_SHARED
+            assert n % cfg.bn == 0 and cfg.bn == 16 * cfg.num_warps // cfg.k_unroll
         kinds = {c.kind for c in cands}
         if kernel and m <= configs.LOP3_MAX_M:
             assert chosen.kind == "lop3" and "lop3" in kinds
@@ -339,11 +350,12 @@ sys.path.insert(0, sys.argv[1])
 from lop3 import compile_lop3
 
 out = []
-for bits, m, tl, st in ((2, 1, False, 4), (3, 1, False, 3), (3, 9, False, 4), (4, 16, False, 4), (2, 1, True, 4)):
-    ptx = compile_lop3(bits, m, timeline=tl, stages=st).asm["ptx"]
-    out.append(dict(bits=bits, m=m, tl=tl, stages=st, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
+for bits, m, tl, st, ku in ((2, 1, False, 4, 1), (3, 1, False, 3, 1), (3, 9, False, 4, 1), (4, 16, False, 4, 1),
+                            (2, 1, True, 4, 1), (3, 1, False, 4, 4), (4, 9, False, 4, 2)):
+    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku).asm["ptx"]
+    out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
                     cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer"),
-                    shfl=ptx.count("shfl.sync")))
+                    shfl=ptx.count("shfl.sync"), parts=ptx.count("st.shared.v4.f32")))
 print(json.dumps(out))
 """
 
@@ -371,16 +383,17 @@ def test_lop3_kernel_compiles_for_sm90():
     assert res.returncode == 0, res.stderr[-3000:]
     from matgptq.kernels.lop3_kernel import block_offsets
 
-    got = {(r["bits"], r["m"], r["tl"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
-    for (bits, m, tl), r in got.items():
+    got = {(r["bits"], r["m"], r["tl"], r["ku"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    for (bits, m, tl, ku), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
+        assert r["parts"] == (0 if ku == 1 else 2 if m > 8 else 1), r  # the k parts' sums: one store a batch half
         if block_offsets(m, r["stages"]):
             assert r["mma"] == 8 * 8 + 8 and r["shfl"] == 8, r  # 8 groups, 8 code mmas each, 8 for the block
         else:  # the unrolled groups, 16 mmas each (and the batch half)
             assert r["mma"] == r["stages"] * 16 * (2 if m > 8 else 1) and r["shfl"] == 0, r
         assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
-    assert {k: v for k, v in got[(2, 1, True)].items() if k not in ("tl", "timer")} == \
-        {k: v for k, v in got[(2, 1, False)].items() if k not in ("tl", "timer")}
+    assert {k: v for k, v in got[(2, 1, True, 1)].items() if k not in ("tl", "timer")} == \
+        {k: v for k, v in got[(2, 1, False, 1)].items() if k not in ("tl", "timer")}
     assert block_offsets(1, 4) and not block_offsets(1, 3) and not block_offsets(2, 4)
 
 

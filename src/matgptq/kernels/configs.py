@@ -32,7 +32,8 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
-    k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile)
+    k_unroll: int = 1  # mma: k-tiles per program, one per group of num_warps / k_unroll warps (more warps per row tile);
+    # lop3: warps per row tile, each on a part of the program's K range (summed in shared memory)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
     units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
 
@@ -41,9 +42,12 @@ class KernelConfig:
             raise ValueError(f"kind={self.kind!r}; use one of {', '.join(KINDS)}")
         if self.k_unroll not in (1, 2, 4, 8):
             raise ValueError(f"k_unroll={self.k_unroll}; use 1, 2, 4 or 8 (k-tiles per program of the mma kernel)")
-        if self.k_unroll > 1 and self.kind != "mma":
-            raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' kernel loads several "
-                             "k-tiles per program; use k_unroll=1 or kind='mma'")
+        if self.k_unroll > 1 and self.kind not in ("mma", "lop3"):
+            raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' and 'lop3' kernels "
+                             "split a program's K range over its warps; use k_unroll=1 or kind='mma' / 'lop3'")
+        if self.kind == "lop3" and self.num_warps % self.k_unroll:
+            raise ValueError(f"k_unroll={self.k_unroll} with num_warps={self.num_warps}, kind='lop3': each row tile "
+                             "takes k_unroll warps; use a k_unroll that divides num_warps")
         if self.units_outer not in (0, 1) or (self.units_outer and self.kind != "mma"):
             raise ValueError(f"units_outer={self.units_outer} with kind={self.kind!r}: it orders the mma kernel's "
                              "k-tile steps; use 0, or 1 with kind='mma'")
@@ -185,12 +189,14 @@ def gemm_heuristic(n: int, k_steps: int, m: int, sms: int) -> KernelConfig:
     return KernelConfig("gemm", bn=bn, bm=bm, split_k=_split(-(-n // bn) * -(-m // bm), k_steps, sms, 2), num_warps=4)
 
 
-def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int) -> bool:
+def _lop3_split_ok(n: int, groups: int, m: int, bits: int, warps: int, stages: int, split: int,
+                   k_parts: int = 1) -> bool:
     """The launch fits: whole row tiles, and the rings plus the activations of ``m`` rows (one
     launch's) in LOP3_SHARED."""
     from .lop3_kernel import shared_bytes
 
-    return n % (16 * warps) == 0 and shared_bytes(bits, warps, stages, -(-groups // split), m) <= LOP3_SHARED
+    return (n % (16 * warps // k_parts) == 0
+            and shared_bytes(bits, warps, stages, -(-groups // split), m, k_parts) <= LOP3_SHARED)
 
 
 def _lop3_splits(groups: int) -> list[int]:
@@ -222,7 +228,9 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
     kernel: 1, 2 or 4 warps, 4 stages and at 2 bits also 6 and 8 (a group is only 512 bytes a warp
     there: on the H200 they were 0-7 % faster on 16384², 2-18 % slower on the smaller shapes, which the
     tuner then leaves), the splits that put 3-16 programs on each SM
-    (up to 32 for launches of 16 rows, whose activations need shorter K ranges); from 9 rows also
+    (up to 32 for launches of 16 rows, whose activations need shorter K ranges); up to 8 rows also
+    launches whose row tiles take 2, 4 or 8 warps each (``k_unroll``: parts of the K range summed
+    in shared memory) at splits up to 4, 6-48 warps per SM; from 9 rows also
     launches of 8 rows (bm=8: 16 rows of activations may not fit the long K ranges of few-split
     launches). From 17 rows (two launches) also the tensor-core kernel and dequantize + cuBLAS
     (:func:`gemm_candidates`)."""
@@ -236,6 +244,16 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
                         progs = n // (16 * w) * d
                         if 3 * sms <= progs <= top * sms and _lop3_split_ok(n, groups, min(m, bm), bits, w, st, d):
                             out.append(KernelConfig("lop3", bm=bm, bn=16 * w, split_k=d, num_warps=w, num_stages=st))
+        if m <= 8:  # k parts: 2-8 warps a row tile summed in shared memory, with little or no split-K
+            for ku in (2, 4, 8):
+                for tw in (1, 2):
+                    for st in (4, 8) if bits == 2 else (4,):
+                        for d in (x for x in _lop3_splits(groups) if x <= 4):
+                            warps = n // 16 * d * ku
+                            if (n // (16 * tw) * d >= sms and 6 * sms <= warps <= 48 * sms and ku * tw <= 8
+                                    and _lop3_split_ok(n, groups, m, bits, ku * tw, st, d, ku)):
+                                out.append(KernelConfig("lop3", bm=16, bn=16 * tw, split_k=d, num_warps=ku * tw,
+                                                        num_stages=st, k_unroll=ku))
     if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]

@@ -239,7 +239,7 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     for r0 in range(0, x2.shape[0], per):
         lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
                                 out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k,
-                                timeline)
+                                timeline, cfg.k_unroll)
     return out
 
 

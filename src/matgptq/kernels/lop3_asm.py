@@ -177,6 +177,19 @@ def issue_asm(bits, stages, nthreads, slot):
 
 
 @constexpr_function
+def sum_parts_asm(ku, tw):
+    """$0-3 = the sum, in part order, of the ku 16-byte pieces at $4 + q * tw * 512 (the parts of
+    one row tile's accumulators, lop3_kernel.sum_parts)."""
+    ku, tw = int(ku), int(tw)
+    lines = ["{", ".reg .f32 a<4>;", "ld.shared.v4.f32 {$0, $1, $2, $3}, [$4];"]
+    for q in range(1, ku):
+        lines.append(f"ld.shared.v4.f32 {{a0, a1, a2, a3}}, [$4+{q * tw * 512}];")
+        lines += [f"add.f32 ${r}, ${r}, a{r};" for r in range(4)]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@constexpr_function
 def stamp_asm(ph):
     """The timeline's stamp of phase ``ph``: thread 0 stores %globaltimer (ns) and %clock64 (its
     SM's cycles) at byte 16 · ph of $1, an int64 [10] row (phase 0: also %smid at byte 64)."""

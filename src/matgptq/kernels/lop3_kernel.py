@@ -112,16 +112,18 @@ if gluon is not None:
         return r
 
     @gluon.jit
-    def lanes(pid_n, NW: gl.constexpr, LY: gl.constexpr):
-        """The [NW, 128] lane indices of a program's NW row tiles: lane group g, lane c, register e,
-        the tiles, and the scale offsets (rows 16 tile + 2g ..)."""
+    def lanes(pid_n, NW: gl.constexpr, TW: gl.constexpr, LY: gl.constexpr):
+        """The [NW, 128] lane indices of a program's NW warps, TW row tiles, warp T on tile T % TW and
+        part T // TW of the program's K range: lane group g, lane c, register e, the tiles, the
+        scale offsets (rows 16 tile + 2g ..), the parts and the thread's slot in a [NW // TW][TW][32]
+        array of 16-byte pieces with the part taken out (the reduction of the parts)."""
         T = gl.expand_dims(gl.arange(0, NW, layout=gl.SliceLayout(1, LY)), 1)
         E = gl.expand_dims(gl.arange(0, 128, layout=gl.SliceLayout(0, LY)), 0)
         g = E // 16
         c = E // 4 % 4
         e = E % 4
-        ta = pid_n * NW + T
-        return g, c, e, ta, ta * 16 + 2 * g + e
+        ta = pid_n * TW + T % TW
+        return g, c, e, ta, ta * 16 + 2 * g + e, T // TW, T % TW * 32 + E // 4
 
     @gluon.jit
     def quads(AQ, e, ta):
@@ -144,13 +146,13 @@ if gluon is not None:
         return tot
 
     @gluon.jit
-    def finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
+    def finish(acc, acc2, ocol, orow, live, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
                HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr):
         """Without split-K: times TWO_D (+ bias), stored as fp16. With it: the partial to the
         workspace, a counter per program, the last program sums the partials in order and stores.
-        HB: acc2 holds batch rows 8-15 (columns ocol + 8)."""
-        mask = (ocol < M) & (orow < N)
-        mask2 = (ocol + 8 < M) & (orow < N)
+        HB: acc2 holds batch rows 8-15 (columns ocol + 8). Only the ``live`` warps write."""
+        mask = (ocol < M) & (orow < N) & live
+        mask2 = (ocol + 8 < M) & (orow < N) & live
         if SPLIT_K == 1:
             _store(acc, ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
             if HB:
@@ -207,6 +209,20 @@ if gluon is not None:
         pairs, the second a copy of the first."""
         return gl.inline_asm_elementwise(f"{{ .reg .u32 r; ld.shared.b32 r, [$3+{off}]; mov.b32 $0, r; "
                                          "mov.b32 $1, r; }", "=r,=r,r,r,r,r", [base], dtype=gl.float16,
+                                         is_pure=False, pack=4)
+
+    @gluon.jit
+    def sum_parts(acc, tslot, kp, off: gl.constexpr, KU: gl.constexpr, TW: gl.constexpr):
+        """The KU parts of a row tile's accumulators summed in part order, through shared memory at
+        byte ``off``: each thread stores its 16 bytes in slot [part][tile][lane], then, after a
+        barrier, adds up those of its tile's parts (the caller's barriers order the rest). Every
+        warp of a tile gets the sum."""
+        base = smem_base(tslot) + off + tslot * 16
+        gl.inline_asm_elementwise("st.shared.v4.f32 [$8], {$4, $5, $6, $7}; mov.u32 $0, 0; mov.u32 $1, 0; "
+                                  "mov.u32 $2, 0; mov.u32 $3, 0;", "=r,=r,=r,=r,f,f,f,f,r,r,r,r",
+                                  [acc, base + kp * (TW * 512)], dtype=gl.int32, is_pure=False, pack=4)
+        cta_barrier()
+        return gl.inline_asm_elementwise(A.sum_parts_asm(KU, TW), "=f,=f,=f,=f,r,r,r,r", [base], dtype=gl.float32,
                                          is_pure=False, pack=4)
 
     @gluon.jit
@@ -306,16 +322,20 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, TLB, TL: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, KU: gl.constexpr, TLB, TL: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant. OB (batch 1, STAGES dividing 8): unrolled eight times,
         one offset mma a block of eight groups, its B column n group n of the block (lane group g
         reads group g's activations), each group's correction then fetched from the lane that
-        holds it: 1 mma a group in place of 8. TL: phase timestamps into TLB (see stamp)."""
+        holds it: 1 mma a group in place of 8. KU > 1: the NW warps take NW / KU row tiles, KU
+        warps a tile, each a consecutive part of the program's K range (GPW groups); their sums
+        meet in shared memory, not in the split-K workspace. TL: phase timestamps into TLB (see
+        stamp)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
+        TW: gl.constexpr = NW // KU
         CH: gl.constexpr = BITS // 2
         BLK: gl.constexpr = 64 * BITS
         # the window the asm addresses: one allocation (check_window: at offset 0), kept alive by a
@@ -328,53 +348,60 @@ if gluon is not None:
         stamp(TLB, pid, 0, TL)
         res.slice(0, NT).store(z1)
         cta_barrier()  # that store lands before any thread's copies
-        g, c, e, ta, so = lanes(pid_n, NW, LY)
+        g, c, e, ta, so, kp, tslot = lanes(pid_n, NW, TW, LY)
         q64, q16, q4 = quads(AQ, e, ta)
         qo = ta.to(gl.int64) * (NG * BLK) + (g * 4 + c) * 4 + e  # word set u of a lane at + 128 u
         qb = ta.to(gl.int64) * (NG * BLK) + 128 + (g * 4 + c) * 2 + e % 2  # 3 bits: the low-bit words
         bases = ring_bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
+        GPW = (GPS + KU - 1) // KU  # groups a part
+        gw0 = g0 + kp * GPW  # this warp's part: groups gw0 .. gw1 (none past g1)
+        gw1 = gl.minimum(gw0 + GPW, g1)
         x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
         for i in gl.static_range(STAGES - 1):
-            issue(Q, S, qo, qb, so, g0 + i, g1, SP, bases, BLK, BITS, STAGES, NT, i)
+            issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
         wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
         cta_barrier()  # and for every thread
         stamp(TLB, pid, 1, TL)
-        xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2)
+        xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2) + (gw0 - g0) * (XR * XS)  # the part's
         xl = xc + gl.minimum(g, M - 1) * XS  # batch row g (the mma's column), rows past M read row M - 1
         xl2 = xc + gl.minimum(g + 8, M - 1) * XS  # HB: batch row g + 8
         acc = gl.zeros([NW, 128], gl.float32, LY)
         acc2 = acc
         if OB:
             xb = xc + g * XS  # lane group g: group g of each block (XR = 1, GMAX >= 8)
-            for G0 in range(g0, g1, 8):
-                xo = xb + (G0 - g0) * XS
+            for J0 in range(0, GPW, 8):  # the part's groups gw0 + J0 ..; past gw1 the copies add 0 (issue)
+                xo = xb + J0 * XS
                 t = offsets(read16(xo, 0), read16(xo, 16), read16(xo, 32), read16(xo, 48), acc, q64, q16, q4, BITS)
                 t = gl.inline_asm_elementwise(A.block_t_asm(ZCK), "=f,=f,=f,=f,f,f,f,f", [t], dtype=gl.float32,
                                               is_pure=True, pack=4)
-                xg = xl + (G0 - g0) * XS
+                xg = xl + J0 * XS
                 for i in gl.static_range(8):
-                    G = G0 + i
-                    if G < g1:
-                        acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg, acc, acc2, q64, q16, q4, t, BLK,
-                                          BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB, i)
+                    if J0 + i < GPW:
+                        acc, acc2 = _step(Q, S, qo, qb, so, gw0 + J0 + i, gw1, SP, bases, xg, xg, acc, acc2, q64, q16,
+                                          q4, t, BLK, BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB, i)
         else:
-            for G0 in range(g0, g1, STAGES):
-                xg = xl + (G0 - g0) * (XR * XS)
-                xg2 = xl2 + (G0 - g0) * (XR * XS)
+            for J0 in range(0, GPW, STAGES):
+                xg = xl + J0 * (XR * XS)
+                xg2 = xl2 + J0 * (XR * XS)
                 for i in gl.static_range(STAGES):
-                    G = G0 + i
-                    if G < g1:
-                        acc, acc2 = _step(Q, S, qo, qb, so, G, g1, SP, bases, xg, xg2, acc, acc2, q64, q16, q4, acc,
-                                          BLK, BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB, i)
+                    if J0 + i < GPW:
+                        acc, acc2 = _step(Q, S, qo, qb, so, gw0 + J0 + i, gw1, SP, bases, xg, xg2, acc, acc2, q64,
+                                          q16, q4, acc, BLK, BITS, ZCK, ONE_ROW, STAGES, NT, CH, XR, SOFF, XS, HB, OB,
+                                          i)
         wait_copies(0, e)
         cta_barrier()
         stamp(TLB, pid, 2, TL)
         res.slice(0, NT).store(z1)
+        if KU > 1:  # past the keep-alive words: the parts' sums (the rings are drained)
+            acc = sum_parts(acc, tslot, kp, 4 * NT, KU, TW)
+            if HB:
+                acc2 = sum_parts(acc2, tslot, kp, 20 * NT, KU, TW)
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
-        finish(acc, acc2, ocol, orow, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS, TWO_D, HB)
+        finish(acc, acc2, ocol, orow, kp == 0, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS,
+               TWO_D, HB)
         stamp(TLB, pid, 3, TL)
 
 
@@ -393,18 +420,22 @@ def block_offsets(m: int, stages: int) -> bool:
     return BLOCK_OFFSETS and m == 1 and 8 % stages == 0
 
 
-def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int) -> dict:
-    """The kernel's layout constants: GMAX >= GPS groups and XR >= M rows of activations in shared
-    memory after the rings (OB: whole blocks of eight groups, zero past the program's last)."""
+def launch_consts(bits: int, warps: int, stages: int, gps: int, m: int, k_parts: int = 1) -> dict:
+    """The kernel's layout constants: GMAX groups and XR >= M rows of activations in shared memory
+    after the rings, GMAX covering the ``k_parts`` parts of GPW = ceil(GPS / k_parts) groups (OB:
+    whole blocks of eight groups a part), zero past the program's last group."""
+    if warps % k_parts:
+        raise ValueError(f"k_parts={k_parts} does not divide warps={warps}: each row tile takes k_parts warps")
     ob = block_offsets(m, stages)
-    gmax, xr = max(_pow2(gps), 8 if ob else 1), _pow2(m)
+    gpw = -(-gps // k_parts)
+    gmax, xr = _pow2(k_parts * (-(-gpw // 8) * 8 if ob else gpw)), _pow2(m)
     soff, xoff, words = A.ring_regions(bits, stages, 32 * warps, gmax * xr * XS_PADDED)
     return dict(NW=warps, BITS=bits, STAGES=stages, GMAX=gmax, XR=xr, SOFF=soff, XOFF=xoff, WORDS=words,
-                XS=XS_PADDED, HB=m > 8, OB=ob)
+                XS=XS_PADDED, HB=m > 8, OB=ob, KU=k_parts)
 
 
-def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int) -> int:
-    return 4 * launch_consts(bits, warps, stages, gps, m)["WORDS"]
+def shared_bytes(bits: int, warps: int, stages: int, gps: int, m: int, k_parts: int = 1) -> int:
+    return 4 * launch_consts(bits, warps, stages, gps, m, k_parts)["WORDS"]
 
 
 _checked: set = set()
@@ -435,11 +466,12 @@ def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
                 cnt: torch.Tensor, warps: int, stages: int, split_k: int,
-                timeline: torch.Tensor | None = None) -> torch.Tensor:
+                timeline: torch.Tensor | None = None, k_parts: int = 1) -> torch.Tensor:
     """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
-    N / (16 · warps) zeroed counters (the kernel leaves them zero). ``timeline``: int64
-    [programs, 10] to receive each program's phase timestamps (:func:`timeline_programs`)."""
+    N / (16 · warps / k_parts) zeroed counters (the kernel leaves them zero). ``k_parts``: warps
+    a row tile, each on a part of the program's K range. ``timeline``: int64 [programs, 10] to
+    receive each program's phase timestamps (:func:`timeline_programs`)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
                          f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
@@ -448,8 +480,8 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     ng = k // 128
     gps = -(-ng // split_k)
     split = -(-ng // gps)
-    cst = launch_consts(bits, warps, stages, gps, m)
-    grid = (n // (16 * warps), split)
+    cst = launch_consts(bits, warps, stages, gps, m, k_parts)
+    grid = (n // (16 * warps // k_parts), split)
     h = lop3_kernel[grid](x2.view(torch.int32), x2.stride(0), words, scales, _quads_on(x2.device, bits), out, out.stride(0),
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
@@ -459,7 +491,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
     return out
 
 
-def timeline_programs(n: int, k: int, warps: int, split_k: int) -> int:
+def timeline_programs(n: int, k: int, warps: int, split_k: int, k_parts: int = 1) -> int:
     """Programs of a launch (rows of its ``timeline``): row tiles x the split that covers K."""
     ng = k // 128
-    return n // (16 * warps) * -(-ng // -(-ng // split_k))
+    return n // (16 * warps // k_parts) * -(-ng // -(-ng // split_k))
