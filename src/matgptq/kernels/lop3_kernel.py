@@ -1,8 +1,9 @@
 """The ``lop3`` layout's batch 1-16 kernel (Gluon, CUDA only): y = x · Ŵᵀ for fp16 x.
 
-Each warp decodes one row tile (16 rows); a program has NW of them and a range of GPS groups of
-the K axis (split-K: partial sums in a workspace, the last program of a tile adds them up in
-order). Every thread copies its own 16-byte pieces of group G's codes and its 4-byte scale pair
+Each warp decodes one row tile (16 rows); a program has NW warps on NW / KU tiles and a range of
+GPS groups of the K axis (split-K: partial sums in a workspace, the last program of a tile adds
+them up in order); with KU > 1 ("k parts") a tile's KU warps each take a consecutive part of the
+program's range and their sums meet in shared memory. Every thread copies its own 16-byte pieces of group G's codes and its 4-byte scale pair
 with inline-PTX ``cp.async`` into slot G % STAGES of a private ring in shared memory, STAGES - 1
 groups ahead, waits on its own copy groups and reads back only what it copied, so no barrier is
 needed in the loop. The program's activations are copied into shared memory once, at the start
@@ -10,11 +11,13 @@ needed in the loop. The program's activations are copied into shared memory once
 16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
 batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
 on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32;
-batches of 9-16 rows (HB) repeat the mmas for rows 8-15 on the same decoded pairs. 3 bits: each
+at batch 1 (OB) the offset mma runs once per block of eight groups instead (B column n: group
+n) and each group takes its correction from the lane that holds it by a shuffle. Batches of
+9-16 rows (HB) repeat the mmas for rows 8-15 on the same decoded pairs. 3 bits: each
 thread also copies its 8 bytes of low bits into a third ring, and a pair takes a second lop3.
 
 Symmetric grids only (one zero for the whole slice, a compile-time constant).
-Shapes: N a multiple of 16 · NW, K of 128; x rows 16-byte aligned.
+Shapes: N a multiple of 16 · NW / KU, K of 128; x rows 16-byte aligned.
 """
 
 from __future__ import annotations
