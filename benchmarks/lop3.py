@@ -234,6 +234,10 @@ def summarize(rows):
     a1 = [(r["shape"], r["bits"], r["pct_copy"]) for r in big if r["batch"] == 1]
     print("A1 (batch 1, % of copy bandwidth; 80 at 4 bits, 65 at 2): "
           + ", ".join(f"{s} b{b} {p}" for s, b, p in a1), flush=True)
+    miss = [(r, 65 if r["bits"] < 4 else 80) for r in big if r["batch"] == 1]
+    miss = [f"{r['shape']} b{r['bits']} {r['us']:.2f} us, {r['us'] * r['pct_copy'] / t:.2f} at {t} %"
+            for r, t in miss if r["pct_copy"] < t]
+    print(f"A1 misses (the time the target needs, from the run's bytes and copy bandwidth): {miss}", flush=True)
     a2 = [r for r in rows if r["batch"] <= 16]
     slow = [(r["shape"], r["bits"], r["batch"], r["us"], r["fp16_us"]) for r in a2 if r["us"] > r["fp16_us"]]
     print(f"A2a (batch <= 16 not slower than fp16): {len(a2) - len(slow)}/{len(a2)}; misses {slow}", flush=True)

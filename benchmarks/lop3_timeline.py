@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import kernel_bench as kb  # noqa: E402  (graph timing, packing helpers)
 
+from matgptq.checkpoint.atomic import write_json  # noqa: E402
+
 PHASES = ("prologue", "loop", "finish")
 
 
@@ -81,21 +83,24 @@ def time_point(n, k, bits, m, config):
     us = kb.graph_time([lambda p=p, o=o: run_config(cfg, x, p, bits, o, None) for p, o in zip(pws, outs)])
     us_tl = kb.graph_time([lambda p=p, o=o, t=t: launch_lop3(x, p, bits, o, None, cfg, t)
                            for p, o, t in zip(pws, outs, tls)])
-    row = dict(shape=f"{n}x{k}", bits=bits, batch=m, config=cfg.key(), us=round(us, 2), us_tl=round(us_tl, 2))
+    row = dict(shape=f"{n}x{k}", bits=bits, batch=m, config=cfg.key(), us=round(us, 2), us_tl=round(us_tl, 2),
+               bytes=pw0.bytes_read(bits) + 2 * m * k + 2 * m * n)  # as benchmarks/lop3.py counts them
     row.update({k_: round(v, 3) if isinstance(v, float) else v for k_, v in phases(tls[len(tls) // 2].cpu()).items()})
     return row
 
 
 def show(rows):
-    print(f"{'point':24s} {'config':26s} {'us':>6s} {'us_tl':>6s} {'span':>6s} {'late':>5s} "
-          + " ".join(f"{p:>13s}" for p in PHASES) + f" {'tail':>5s} {'SMs':>4s} {'max/SM':>6s}")
+    print(f"{'point':24s} {'config':26s} {'us':>6s} {'us_tl':>6s} {'span':>6s} {'gap':>5s} {'late':>5s} "
+          + " ".join(f"{p:>13s}" for p in PHASES) + f" {'tail':>5s} {'loop TB/s':>9s} {'SMs':>4s} {'max/SM':>6s}")
     for r in rows:
         ph = " ".join(f"{r[p + '_us_median']:6.2f}/{r[p + '_us_p90']:6.2f}" for p in PHASES)
+        rate = f"{r['bytes'] / r['loop_us_median'] / 1e6:9.2f}" if "bytes" in r else f"{'-':>9s}"
         print(f"{r['shape']:>11s} b{r['bits']} m{r['batch']:<8d} {r['config']:26s} {r['us']:6.2f} {r['us_tl']:6.2f} "
-              f"{r['span_us']:6.2f} {r['start_late_us_max']:5.2f} {ph} {r['tail_us']:5.2f} {r['sms_used']:4d} "
-              f"{r['programs_per_sm_max']:6d}", flush=True)
-    print("(µs; late: the last program's start after the first; phases: median / 90th percentile over the "
-          "programs; tail: last loop end to last finish)")
+              f"{r['span_us']:6.2f} {r['us'] - r['span_us']:5.2f} {r['start_late_us_max']:5.2f} {ph} "
+              f"{r['tail_us']:5.2f} {rate} {r['sms_used']:4d} {r['programs_per_sm_max']:6d}", flush=True)
+    print("(µs; gap: the launch's graph time outside its programs' span; late: the last program's start after "
+          "the first; phases: median / 90th percentile over the programs; tail: last loop end to last finish; "
+          "loop TB/s: the launch's bytes over the median loop time)")
 
 
 def main():
@@ -125,10 +130,8 @@ def main():
                     show(rows[-1:])
                     if args.out:  # after every point, atomically
                         os.makedirs(args.out, exist_ok=True)
-                        path = os.path.join(args.out, f"lop3_timeline_{args.tag}.json")
-                        with open(path + ".tmp", "w") as f:
-                            json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-                        os.replace(path + ".tmp", path)
+                        write_json(os.path.join(args.out, f"lop3_timeline_{args.tag}.json"),
+                                   dict(device=torch.cuda.get_device_name(), rows=rows))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,101 @@ def test_end_asm_embeds_the_zero_exactly():
     assert text.count("fma.rn.f32") == 4 and "mov.f32 $1, $15;" in text  # batch 1: odd elements kept
 
 
+def _run_f32_warp(text, regs):
+    """The group ends' PTX (lop3_asm.end_asm, block_t_asm, end_block_asm, sum_parts_asm) over a
+    warp: ``regs`` a list of 32 lane dicts ($k -> float32, fp16 pair or address); fp32 math in
+    numpy (fma rounded once from float64), shfl.sync.idx across the lanes, ld.shared from a dict
+    of address -> four floats under the key "smem"."""
+    import numpy as np
+
+    f32 = np.float32
+    lanes = [dict(r) for r in regs]
+
+    def get(v, a):
+        if a.startswith("0f"):
+            return np.frombuffer(int(a[2:], 16).to_bytes(4, "little"), dtype=np.float32)[0]
+        return v[a]
+
+    for line in (x.strip() for x in text.replace("{ ", "\n").replace("; ", ";\n").splitlines()):
+        if not line or line.startswith((".reg", "{", "}")):
+            continue
+        op, rest = line.rstrip(";").split(" ", 1)
+        if op == "shfl.sync.idx.b32":
+            d, a, src, _, _ = (t.strip() for t in rest.split(","))
+            vals = [v[a] for v in lanes]
+            for v in lanes:
+                v[d] = vals[int(src)]
+            continue
+        for v in lanes:
+            if op == "mov.b32" and rest.startswith("{"):  # unpack an fp16 pair
+                h0, h1, src = (t.strip(" {}") for t in rest.replace("}", ",").split(",") if t.strip(" {}"))
+                v[h0], v[h1] = v[src]
+            elif op == "ld.shared.v4.f32":
+                dst, addr = rest.split("[")
+                base, _, off = addr.rstrip("]").partition("+")
+                for name, val in zip((t.strip(" {},") for t in dst.split(",") if t.strip(" {},")),
+                                     v["smem"][v[base] + int(off or 0)]):
+                    v[name] = f32(val)
+            else:
+                d, *a = (t.strip() for t in rest.split(","))
+                x = [get(v, t) for t in a]
+                if op == "fma.rn.f32":
+                    v[d] = f32(np.float64(x[0]) * np.float64(x[1]) + np.float64(x[2]))
+                elif op == "sub.f32":
+                    v[d] = f32(x[0] - x[1])
+                elif op == "add.f32":
+                    v[d] = f32(x[0] + x[1])
+                elif op in ("mov.f32", "mov.b32", "cvt.f32.f16"):
+                    v[d] = f32(x[0])
+                else:
+                    raise AssertionError(f"no rule for {line!r}")
+    return lanes
+
+
+def test_block_offsets_end_as_the_per_group_end():
+    """Batch 1 (OB): after the block's offset mma (lane 4g + c holds sum x and the offset sum of
+    groups 2c, 2c + 1), block_t_asm then end_block_asm(n) give every lane exactly what end_asm gives
+    with group n's own sums (the per-group offset mma, all of whose columns are batch row 0)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    zc = 7.53125
+    sx, sox = rng.normal(size=8).astype(np.float32) * 30, rng.normal(size=8).astype(np.float32) * 900
+    base = []
+    for lane in range(32):
+        c = lane % 4
+        v = {f"${4 + e}": np.float32(rng.normal() * 1000) for e in range(4)}  # d
+        v["$12"] = tuple(np.float32(np.float16(rng.uniform(1e-3, 2e-2))) for _ in range(2))  # scale pair
+        v |= {f"${14 + e}": np.float32(rng.normal()) for e in range(4)}  # acc
+        v["blk"] = [sx[2 * c], sx[2 * c + 1], sox[2 * c], sox[2 * c + 1]]
+        base.append(v)
+    t = _run_f32_warp(lop3_asm.block_t_asm(zc), [{f"${4 + e}": v["blk"][e] for e in range(4)} for v in base])
+    for n in range(8):
+        got = _run_f32_warp(lop3_asm.end_block_asm(n), [v | {f"${8 + e}": t[i][f"${e}"] for e in range(4)}
+                                                        for i, v in enumerate(base)])
+        want = _run_f32_warp(lop3_asm.end_asm(zc, True), [v | {"$8": sx[n], "$9": sx[n], "$10": sox[n],
+                                                               "$11": sox[n]} for v in base])
+        for lane in range(32):
+            assert [got[lane][f"${e}"] for e in range(4)] == [want[lane][f"${e}"] for e in range(4)], (n, lane)
+
+
+@pytest.mark.parametrize("ku,tw", [(2, 1), (4, 2), (8, 1)])
+def test_sum_parts_adds_a_tiles_parts_in_order(ku, tw):
+    """k parts: thread slot [part][tile][lane] of 16 bytes; a lane of tile w reading from its part-0
+    slot gets the parts' sum, added in part order (left to right in fp32)."""
+    import numpy as np
+
+    rng = np.random.default_rng(ku)
+    smem = {16 * i: rng.normal(size=4).astype(np.float32) for i in range(ku * tw * 32)}
+    lanes = [{"$4": 16 * (w * 32 + lane), "smem": smem} for w in range(tw) for lane in range(32)]
+    got = _run_f32_warp(lop3_asm.sum_parts_asm(ku, tw), lanes)
+    for i, v in enumerate(got):
+        want = smem[16 * i].copy()
+        for q in range(1, ku):
+            want = want + smem[16 * (i + q * tw * 32)]
+        assert [v[f"${e}"] for e in range(4)] == list(want), i
+
+
 def _lop3_case(n, k, bits, rule, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(0, 256, (n, k), generator=g, dtype=torch.uint8)
@@ -287,8 +382,8 @@ def test_lop3_kernel_on_gpu(m, bits):
                 KernelConfig("lop3", bn=16, split_k=1, num_warps=4, num_stages=4, k_unroll=4),
                 KernelConfig("lop3", bn=64, split_k=2, num_warps=8, num_stages=4, k_unroll=2),
                 KernelConfig("lop3", bm=8, bn=16, split_k=3, num_warps=4, num_stages=3, k_unroll=4)):
-        if not _lop3_split_ok(512, k // 128, min(m, cfg.bm), bits, cfg.num_warps, cfg.num_stages,
-                              -(-(k // 128) // -(-(k // 128) // cfg.split_k)), cfg.k_unroll):
+        if not _lop3_split_ok(512, k // 128, min(m, cfg.bm), bits, cfg.num_warps, cfg.num_stages, cfg.split_k,
+                              cfg.k_unroll):
             continue  # its activations do not fit next to the rings (the tuner never offers it)
         out = torch.full((m, 512), float("nan"), device="cuda", dtype=torch.float16)
         run_config(cfg, x, pw, bits, out, None)

@@ -41,7 +41,8 @@ class KernelConfig:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}; use one of {', '.join(KINDS)}")
         if self.k_unroll not in (1, 2, 4, 8):
-            raise ValueError(f"k_unroll={self.k_unroll}; use 1, 2, 4 or 8 (k-tiles per program of the mma kernel)")
+            raise ValueError(f"k_unroll={self.k_unroll}; use 1, 2, 4 or 8 (the mma kernel: k-tiles per program; "
+                             "lop3: warps per row tile)")
         if self.k_unroll > 1 and self.kind not in ("mma", "lop3"):
             raise ValueError(f"k_unroll={self.k_unroll} with kind={self.kind!r}: only the 'mma' and 'lop3' kernels "
                              "split a program's K range over its warps; use k_unroll=1 or kind='mma' / 'lop3'")

@@ -80,15 +80,20 @@ def off_asm(first):
 
 
 @constexpr_function
+def f32_hex(v):
+    """A float as a PTX fp32 literal, bit for bit (0fXXXXXXXX)."""
+    st = __import__("struct")  # (Triton's dependency scan rejects a module-level struct here)
+    return f"0f{st.unpack('I', st.pack('f', float(v)))[0]:08X}"
+
+
+@constexpr_function
 def end_asm(zc, one_row):
     """A group's end, acc += s * (d - offsum - z * sum_x): $4-7 the code sums d, $8-11 the offset
     mma's (sum x of batch 2c, 2c+1, then the offset sums), $12-13 the scales of rows 2g, 2g+1
     (an fp16 pair, twice), $14-17 acc; zc the one zero of the slice (a float). $0-3 the new acc.
     ``one_row``: batch 1, the odd elements (batch row 1) are left as they are."""
-    st = __import__("struct")  # (Triton's dependency scan rejects a module-level struct here)
-    bits = st.unpack("I", st.pack("f", float(zc)))[0]
     lines = ["{", ".reg .f32 s0, s1, z0, t<4>;", ".reg .b16 h0, h1;", "mov.b32 {h0, h1}, $12;",
-             "cvt.f32.f16 s0, h0;", "cvt.f32.f16 s1, h1;", f"mov.b32 z0, 0f{bits:08X};"]
+             "cvt.f32.f16 s0, h0;", "cvt.f32.f16 s1, h1;", f"mov.b32 z0, {f32_hex(zc)};"]
     for e in range(4):
         if one_row and e % 2:
             lines.append(f"mov.f32 ${e}, ${14 + e};")
@@ -106,10 +111,8 @@ def block_t_asm(zc):
     """Batch 1, after the offset mma of a block of eight groups (B column n: group n of the block):
     $4-7 its result in the lane 4g + c (sum x of groups 2c, 2c+1, then their offset sums) ->
     $0, $1 the corrections offsum + z * sum x of groups 2c, 2c + 1 ($2, $3: copies)."""
-    st = __import__("struct")
-    bits = st.unpack("I", st.pack("f", float(zc)))[0]
     return ("{ .reg .f32 z0; "
-            f"mov.b32 z0, 0f{bits:08X}; fma.rn.f32 $0, z0, $4, $6; fma.rn.f32 $1, z0, $5, $7; "
+            f"mov.b32 z0, {f32_hex(zc)}; fma.rn.f32 $0, z0, $4, $6; fma.rn.f32 $1, z0, $5, $7; "
             "mov.f32 $2, $0; mov.f32 $3, $1; }")
 
 

@@ -101,6 +101,9 @@ if gluon is not None:
         code mmas and the group's end. The second half's call repeats the decode's lop3s with the
         same operands; ptxas computes them once (the asm is plain PTX to it). OB (batch 1): no
         offset mma here; the group is column NB of its block's (corrections in t)."""
+        p = t
+        if not OB:  # the offset mma first, as the compiler schedules it best (benchmarks/lop3.py --sass)
+            p = offsets(x0, x1, x2, x3, acc, q64, q16, q4, BITS)
         d = code2(w0, wb, x0, acc, BITS, 0, True)
         d = code2(w0, wb, x1, d, BITS, 2, False)
         d = code2(w1, wb, x2, d, BITS, 4, False)
@@ -109,7 +112,6 @@ if gluon is not None:
             r = gl.inline_asm_elementwise(A.end_block_asm(NB), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
                                           [d, t, s, acc], dtype=gl.float32, is_pure=False, pack=4)
         else:
-            p = offsets(x0, x1, x2, x3, acc, q64, q16, q4, BITS)
             r = gl.inline_asm_elementwise(A.end_asm(ZCK, ONE_ROW), "=f,=f,=f,=f" + ",f" * 8 + ",r,r" + ",f" * 4,
                                           [d, p, s, acc], dtype=gl.float32, is_pure=True, pack=4)
         return r
@@ -358,9 +360,14 @@ if gluon is not None:
         bases = ring_bases(e)
         g0 = pid_k * GPS
         g1 = gl.minimum(g0 + GPS, NG)
-        GPW = (GPS + KU - 1) // KU  # groups a part
-        gw0 = g0 + kp * GPW  # this warp's part: groups gw0 .. gw1 (none past g1)
-        gw1 = gl.minimum(gw0 + GPW, g1)
+        if KU == 1:  # scalars: the group loop's addresses as without parts
+            GPW = g1 - g0
+            gw0 = g0
+            gw1 = g1
+        else:
+            GPW = (GPS + KU - 1) // KU  # groups a part
+            gw0 = g0 + kp * GPW  # this warp's part: groups gw0 .. gw1 (none past g1)
+            gw1 = gl.minimum(gw0 + GPW, g1)
         x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
         for i in gl.static_range(STAGES - 1):
             issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
