@@ -78,7 +78,25 @@ def check(widths=(2, 3, 4), n=512, k=2048):
     return worst, fails
 
 
-def time_point(n, k, bits, m, bw, fp16_cache, ab=False):
+def flipped(names):
+    """A context in which the lop3 kernel's switches ``names`` (module flags of lop3_kernel:
+    BLOCK_OFFSETS, LAST_SPLIT_SUMS, PDL) take the other value."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        was = {a: getattr(lop3_kernel, a) for a in names}
+        for a, v in was.items():
+            setattr(lop3_kernel, a, not v)
+        try:
+            yield
+        finally:
+            for a, v in was.items():
+                setattr(lop3_kernel, a, v)
+    return ctx()
+
+
+def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
     pw0, _ = kb.make_packed(n, k, bits, "lop3", "nested", 128, seed=bits)
     fx0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
     lops = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
@@ -87,23 +105,32 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=False):
     outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(max(len(lops), len(fixs)))]
     sms = _sms(x.device)
     cands = configs.lop3_candidates(n, k // 128, m, sms, bits)
-    tried = {}
-    for cfg in cands:
-        try:
-            tried[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
-                                                    for p, o in zip(lops, outs)]), 2)
-        except Exception as e:  # as the autotuner does: a candidate that does not compile is skipped
-            print(f"  {cfg.key()} skipped: {repr(e)[:120]}", flush=True)
+
+    def timed(cfgs):
+        got = {}
+        for cfg in cfgs:
+            try:
+                got[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
+                                                      for p, o in zip(lops, outs)]), 2)
+            except Exception as e:  # as the autotuner does: a candidate that does not compile is skipped
+                print(f"  {cfg.key()} skipped: {repr(e)[:120]}", flush=True)
+        return got
+
+    tried = timed(cands)
     best = min(tried, key=tried.get)
-    per_group = {}
-    if ab and lop3_kernel.block_offsets(m, 4):  # the same candidates with the offset mma in every group
-        lop3_kernel.BLOCK_OFFSETS = False
-        try:
-            for cfg in cands:
-                per_group[cfg.key()] = round(kb.graph_time([lambda p=p, o=o, c=cfg: run_config(c, x, p, bits, o, None)
-                                                            for p, o in zip(lops, outs)]), 2)
-        finally:
-            lop3_kernel.BLOCK_OFFSETS = True
+    need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
+    variants = {}  # --ab: the best candidates again, each with these switches flipped
+    top = sorted(cands, key=lambda c: tried.get(c.key(), float("inf")))[:ab_top or len(cands)]
+    for combo in ab:
+        names = combo.split("+")
+        if "BLOCK_OFFSETS" in names and not lop3_kernel.block_offsets(m, 4):
+            continue
+        with flipped(names):
+            got = timed(top)
+        again = timed(top)  # the same launches as they are, right after: the pair's drift shows
+        vb = min(got, key=got.get)
+        variants[combo] = dict(us=got[vb], config=vb, pct_copy=round(100 * need / (got[vb] * 1e-6) / bw, 1),
+                               base_again_us=min(again.values()), tried=got)
     fcfg = choose_config(x, fx0, bits)
     fixed_t = kb.graph_time([lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None) for p, o in zip(fixs, outs)])
     if (n, k, m) not in fp16_cache:
@@ -119,22 +146,19 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=False):
             torch.matmul(x, buf.t(), out=o)
         tdq = kb.graph_time([lambda p=p, o=o: deq_mm(p, o) for p, o in zip(fixs[:4], outs)])
         tdq_lop3 = kb.graph_time([lambda p=p: dequantize_triton(p, bits, torch.float16, buf) for p in lops[:4]])
-    need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
     t = tried[best]
     row = dict(shape=f"{n}x{k}", bits=bits, batch=m, us=t, config=best, fixed_us=round(fixed_t, 2),
                fixed_config=fcfg.key(), speedup_vs_fixed=round(fixed_t / t, 3), fp16_us=round(fp16_cache[(n, k, m)], 2),
                deq_cublas_us=None if tdq is None else round(tdq, 2),
                lop3_dequant_us=None if tdq_lop3 is None else round(tdq_lop3, 2), bytes=need,
                pct_copy=round(100 * need / (t * 1e-6) / bw, 1), tried=tried)
-    if per_group:  # --ab: the best launch without the batch-1 block offsets (OB), and its share
-        pg = min(per_group, key=per_group.get)
-        row.update(per_group_us=per_group[pg], per_group_config=pg, per_group_pct_copy=round(
-            100 * need / (per_group[pg] * 1e-6) / bw, 1), tried_per_group=per_group)
+    if variants:
+        row["flipped"] = variants
     key = configs.table_key(_device_name(x.device), n, k, m, fmt_key(pw0, bits, x.dtype))
     return row, key, KernelConfig.from_key(best)
 
 
-def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1):
+def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, last=None, pdl=None):
     """The library's lop3 kernel compiled for sm_90 without a GPU (Triton >= 3.5, with bias; its
     shared window checked at offset 0): the CompiledKernel, .asm["ptx"] / ["sass"] to read."""
     import triton
@@ -148,6 +172,7 @@ def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1):
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32", "TLB": "*i64"}
     cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=timeline,
+               LAST=K.LAST_SPLIT_SUMS if last is None else last, PDL=K.PDL if pdl is None else pdl,
                **K.launch_consts(bits, warps, stages, gps, m, k_parts))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -274,6 +299,12 @@ def summarize(rows):
               + ", ".join(f"{s} b{b} m{m} {v:.3f}x" for s, b, m, v in pairs)
               + f"; the same launch with a cluster over without: {min(same):.3f}-{max(same):.3f}x ({len(same)} pairs)",
               flush=True)
+    combos = sorted({c for r in rows for c in r.get("flipped", {})})
+    for c in combos:  # --ab: each point's best flipped launch over its best launch as is (timed right after)
+        q = [(r, r["flipped"][c]) for r in rows if c in r.get("flipped", {})]
+        print(f"{c} flipped, best over best as is (timed again after it): "
+              + ", ".join(f"{r['shape']} b{r['bits']} m{r['batch']} {v['us']:.2f}/{v['base_again_us']:.2f} "
+                          f"({v['us'] / v['base_again_us']:.3f}x)" for r, v in q), flush=True)
     mid = ("4096x14336", "14336x4096", "8192x8192")
     for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):
         at = [r for r in rows if r["batch"] == m and (r["shape"] in mid) == (part == "mid")]
@@ -307,8 +338,11 @@ def main():
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
     ap.add_argument("--variants", metavar="JSON", help="no GPU: the ratios of a saved variant run (us_VALUE columns)")
-    ap.add_argument("--ab", action="store_true", help="batch 1: also every launch without the kernel's block "
-                    "offsets (lop3_kernel.BLOCK_OFFSETS off: the offset mma in every group)")
+    ap.add_argument("--ab", nargs="*", default=(), metavar="SWITCH[+SWITCH]",
+                    help="also the launches with these lop3_kernel switches flipped (each argument one variant; "
+                    "switches BLOCK_OFFSETS: batch 1's offset mma per block, LAST_SPLIT_SUMS: the split-K sum by "
+                    "the last split, PDL: programmatic dependent launch), then the same launches as they are again")
+    ap.add_argument("--ab-top", type=int, default=0, help="--ab: only the N best launches of a point (0: all)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
@@ -334,15 +368,16 @@ def main():
         n, k = (int(v) for v in shape.split("x"))
         for bits in (int(b) for b in args.bits.split(",")):
             for m in (int(b) for b in args.batches.split(",")):
-                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache, args.ab)
+                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache, args.ab, args.ab_top)
                 rows.append(row)
                 tuned[key] = cfg.__dict__.copy()
                 print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) "
                       f"{row['config']:28s} fixed {row['fixed_us']:8.2f} ({row['speedup_vs_fixed']:.2f}x)  "
                       f"fp16 {row['fp16_us']:8.2f}  "
                       f"deq+cuBLAS {row['deq_cublas_us']}  lop3 dequant {row['lop3_dequant_us']}"
-                      + (f"  per-group offsets {row['per_group_us']:.2f} ({row['per_group_pct_copy']:.1f} %)"
-                         if "per_group_us" in row else ""), flush=True)
+                      + "".join(f"  [{c} flipped {v['us']:.2f} ({v['pct_copy']:.1f} %) {v['config']}, as is "
+                                f"again {v['base_again_us']:.2f}]" for c, v in row.get("flipped", {}).items()),
+                      flush=True)
                 if args.out:  # after every point: a run cut off keeps what it measured
                     save(args.out, args.tag, dict(copy_bw_GBps=round(bw / 1e9, 1), check_worst_rel_err=worst,
                                                   check_failures=fails, rows=rows), tuned)

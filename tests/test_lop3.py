@@ -381,7 +381,9 @@ def test_lop3_kernel_on_gpu(m, bits):
                 # 4 a tile at split 3 with a 3-stage ring (parts of 2 groups)
                 KernelConfig("lop3", bn=16, split_k=1, num_warps=4, num_stages=4, k_unroll=4),
                 KernelConfig("lop3", bn=64, split_k=2, num_warps=8, num_stages=4, k_unroll=2),
-                KernelConfig("lop3", bm=8, bn=16, split_k=3, num_warps=4, num_stages=3, k_unroll=4)):
+                KernelConfig("lop3", bm=8, bn=16, split_k=3, num_warps=4, num_stages=3, k_unroll=4),
+                # a split per group: the split-K sum's eight loads at a time, three times over
+                KernelConfig("lop3", split_k=18, num_warps=2, num_stages=2)):
         if not _lop3_split_ok(512, k // 128, min(m, cfg.bm), bits, cfg.num_warps, cfg.num_stages, cfg.split_k,
                               cfg.k_unroll):
             continue  # its activations do not fit next to the rings (the tuner never offers it)
@@ -390,14 +392,19 @@ def test_lop3_kernel_on_gpu(m, bits):
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
-        if lop3_kernel.block_offsets(m, cfg.num_stages):  # the same bits as the offset mma per group
-            lop3_kernel.BLOCK_OFFSETS = False
+        # the same bits with each switch of the kernel flipped: the offset mma per group (batch 1),
+        # the split-K sum by the last to arrive, no programmatic dependent launch
+        for switch in ("BLOCK_OFFSETS", "LAST_SPLIT_SUMS", "PDL"):
+            if switch == "BLOCK_OFFSETS" and not lop3_kernel.block_offsets(m, cfg.num_stages):
+                continue
+            was = getattr(lop3_kernel, switch)
+            setattr(lop3_kernel, switch, not was)
             try:
-                per_group = torch.full_like(out, float("nan"))
-                run_config(cfg, x, pw, bits, per_group, None)
+                other = torch.full_like(out, float("nan"))
+                run_config(cfg, x, pw, bits, other, None)
             finally:
-                lop3_kernel.BLOCK_OFFSETS = True
-            assert torch.equal(out, per_group)
+                setattr(lop3_kernel, switch, was)
+            assert torch.equal(out, other), switch
         # the timeline variant: the same output, and every program's four stamps in order
         from matgptq.kernels.dispatch import launch_lop3
         from matgptq.kernels.lop3_kernel import timeline_programs
@@ -445,12 +452,14 @@ sys.path.insert(0, sys.argv[1])
 from lop3 import compile_lop3
 
 out = []
-for bits, m, tl, st, ku in ((2, 1, False, 4, 1), (3, 1, False, 3, 1), (3, 9, False, 4, 1), (4, 16, False, 4, 1),
-                            (2, 1, True, 4, 1), (3, 1, False, 4, 4), (4, 9, False, 4, 2)):
-    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku).asm["ptx"]
-    out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, atom=ptx.count("atom.global"), mma=ptx.count("mma.sync"),
-                    cp_async=ptx.count("cp.async.cg.shared.global"), timer=ptx.count("%globaltimer"),
-                    shfl=ptx.count("shfl.sync"), parts=ptx.count("st.shared.v4.f32")))
+for bits, m, tl, st, ku, sw in ((2, 1, False, 4, 1, 1), (3, 1, False, 3, 1, 1), (3, 9, False, 4, 1, 1),
+                                (4, 16, False, 4, 1, 1), (2, 1, True, 4, 1, 1), (3, 1, False, 4, 4, 1),
+                                (4, 9, False, 4, 2, 1), (2, 1, False, 4, 1, 0)):
+    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=bool(sw)).asm["ptx"]
+    out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, sw=sw, atom=ptx.count("atom.global"),
+                    mma=ptx.count("mma.sync"), cp_async=ptx.count("cp.async.cg.shared.global"),
+                    timer=ptx.count("%globaltimer"), shfl=ptx.count("shfl.sync"), parts=ptx.count("st.shared.v4.f32"),
+                    acquire=ptx.count("ld.acquire.gpu"), griddep=ptx.count("griddepcontrol.")))
 print(json.dumps(out))
 """
 
@@ -462,7 +471,8 @@ def test_lop3_kernel_compiles_for_sm90():
     code and 8 offset mmas, repeated for the rows 8-15 of a launch of more than 8 rows; at batch 1
     with a ring of 2, 4 or 8 stages (OB) unrolled over a block of eight groups, 8 code mmas a
     group, one offset mma for the block and a shuffle a group. The timeline variant (TL) adds its
-    four timer reads and nothing else."""
+    four timer reads and nothing else; LAST_SPLIT_SUMS and PDL their acquire spin and their two
+    griddepcontrol, and nothing else."""
     import json
     import subprocess
     import sys
@@ -478,17 +488,21 @@ def test_lop3_kernel_compiles_for_sm90():
     assert res.returncode == 0, res.stderr[-3000:]
     from matgptq.kernels.lop3_kernel import block_offsets
 
-    got = {(r["bits"], r["m"], r["tl"], r["ku"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
-    for (bits, m, tl, ku), r in got.items():
+    got = {(r["bits"], r["m"], r["tl"], r["ku"], r["sw"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    for (bits, m, tl, ku, sw), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
+        # the last split's wait for the count (LAST_SPLIT_SUMS), the two griddepcontrol (PDL), only when on
+        assert r["acquire"] == sw and r["griddep"] == 2 * sw, r
         assert r["parts"] == (0 if ku == 1 else 2 if m > 8 else 1), r  # the k parts' sums: one store a batch half
         if block_offsets(m, r["stages"]):
             assert r["mma"] == 8 * 8 + 8 and r["shfl"] == 8, r  # 8 groups, 8 code mmas each, 8 for the block
         else:  # the unrolled groups, 16 mmas each (and the batch half)
             assert r["mma"] == r["stages"] * 16 * (2 if m > 8 else 1) and r["shfl"] == 0, r
         assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
-    assert {k: v for k, v in got[(2, 1, True, 1)].items() if k not in ("tl", "timer")} == \
-        {k: v for k, v in got[(2, 1, False, 1)].items() if k not in ("tl", "timer")}
+    assert {k: v for k, v in got[(2, 1, True, 1, 1)].items() if k not in ("tl", "timer")} == \
+        {k: v for k, v in got[(2, 1, False, 1, 1)].items() if k not in ("tl", "timer")}
+    assert {k: v for k, v in got[(2, 1, False, 1, 0)].items() if k not in ("sw", "acquire", "griddep", "atom")} == \
+        {k: v for k, v in got[(2, 1, False, 1, 1)].items() if k not in ("sw", "acquire", "griddep", "atom")}
     assert block_offsets(1, 4) and not block_offsets(1, 3) and not block_offsets(2, 4)
 
 

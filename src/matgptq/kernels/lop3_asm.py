@@ -193,6 +193,15 @@ def sum_parts_asm(ku, tw):
 
 
 @constexpr_function
+def wait_count_asm():
+    """Spin until the u32 at [$4] is at least $8 (acquire loads, GPU scope); $0-3 zero. ``${:uid}``
+    gives each copy of the asm its own label."""
+    return ("{ .reg .pred p; .reg .u32 v; wait_${:uid}: ld.acquire.gpu.global.u32 v, [$4]; "
+            "setp.lt.u32 p, v, $8; @p bra wait_${:uid}; mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; "
+            "mov.u32 $3, 0; }")
+
+
+@constexpr_function
 def stamp_asm(ph):
     """The timeline's stamp of phase ``ph``: thread 0 stores %globaltimer (ns) and %clock64 (its
     SM's cycles) at byte 16 · ph of $1, an int64 [10] row (phase 0: also %smid at byte 64)."""

@@ -22,6 +22,7 @@ Shapes: N a multiple of 16 · NW / KU, K of 128; x rows 16-byte aligned.
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -144,17 +145,37 @@ if gluon is not None:
         gl.store(OUT + ocol * stride_om + orow, tot.to(gl.float16), mask=mask)
 
     @gluon.jit
-    def _sum_partials(acc, ws, mask, M, N, SPLIT_K):
+    def _sum_partials(acc, ws, mask, M, N, SPLIT_K, OWN: gl.constexpr):
+        """The split-K partials summed in split order, eight loads at a time; OWN: the last one is
+        ``acc`` (this program's, in registers), not read back."""
         tot = gl.zeros_like(acc)
-        for k in range(SPLIT_K):
-            tot += gl.load(ws + k * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+        P = SPLIT_K - OWN
+        for k0 in range(0, P, 8):  # eight loads in flight, then their sums in order
+            for j in gl.static_range(8):
+                live = k0 + j < P
+                v = gl.load(ws + (k0 + j) * M * N, mask=mask & live, other=0.0, cache_modifier=".cg")
+                tot = gl.where(live, tot + v, tot)
+        if OWN:
+            tot += acc
         return tot
 
     @gluon.jit
+    def wait_count(ptr, want):
+        """Every thread: spin until the counter at ``ptr`` (a tensor of one address) reaches
+        ``want``, by acquire loads at GPU scope; returns zeros that later loads add to their address,
+        so that no compiler moves them above the wait."""
+        return gl.inline_asm_elementwise(A.wait_count_asm(), "=r,=r,=r,=r,l,l,l,l,r,r,r,r", [ptr, want],
+                                         dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
     def finish(acc, acc2, ocol, orow, live, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
-               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr):
-        """Without split-K: times TWO_D (+ bias), stored as fp16. With it: the partial to the
-        workspace, a counter per program, the last program sums the partials in order and stores.
+               HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr, LAST: gl.constexpr):
+        """Without split-K: times TWO_D (+ bias), stored as fp16. With it, LAST (LAST_SPLIT_SUMS):
+        the programs of the other splits store their partials and count themselves in (release),
+        the program of the last split waits for the count (acquire), adds the partials in split
+        order and its own sum from registers, and stores; it is the tile's last program in launch
+        order, so the ones it waits for have started before it. Without LAST: every program stores
+        its partial and counts in, the last to arrive sums them. The same sum either way.
         HB: acc2 holds batch rows 8-15 (columns ocol + 8). Only the ``live`` warps write."""
         mask = (ocol < M) & (orow < N) & live
         mask2 = (ocol + 8 < M) & (orow < N) & live
@@ -164,18 +185,42 @@ if gluon is not None:
                 _store(acc2, ocol + 8, orow, mask2, OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
         else:
             ws = WS + ocol * N + orow
-            gl.store(ws + pid_k * M * N, acc, mask=mask)
-            if HB:
-                gl.store(ws + 8 * N + pid_k * M * N, acc2, mask=mask2)
-            cta_barrier()
-            old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
-            if old == SPLIT_K - 1:
-                _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K), ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS,
-                       TWO_D)
+            sums = pid_k == SPLIT_K - 1
+            if not LAST:
+                sums = pid_k < 0
+            if sums:
+                ws = ws + wait_count((CNT + tile_id + orow * 0).to(gl.int64), orow * 0 + (SPLIT_K - 1))
+                _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K, True), ocol, orow, mask, OUT, stride_om, BIAS,
+                       HAS_BIAS, TWO_D)
                 if HB:
-                    _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K), ocol + 8, orow, mask2, OUT,
+                    _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K, True), ocol + 8, orow, mask2, OUT,
                            stride_om, BIAS, HAS_BIAS, TWO_D)
+                cta_barrier()  # every thread has seen the count before it is reset
                 gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+            else:
+                gl.store(ws + pid_k * M * N, acc, mask=mask)
+                if HB:
+                    gl.store(ws + 8 * N + pid_k * M * N, acc2, mask=mask2)
+                cta_barrier()
+                if LAST:
+                    gl.atomic_add(CNT + tile_id, 1, sem="release", scope="gpu")
+                else:
+                    old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
+                    if old == SPLIT_K - 1:
+                        _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K, False), ocol, orow, mask, OUT, stride_om,
+                               BIAS, HAS_BIAS, TWO_D)
+                        if HB:
+                            _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K, False), ocol + 8, orow, mask2,
+                                   OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
+                        gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
+
+    @gluon.jit
+    def grid_dep(like, op: gl.constexpr):
+        """A programmatic-dependent-launch instruction: griddepcontrol.wait (the grids this launch
+        depends on have finished and their writes are visible; a no-op in a launch without the
+        attribute) or griddepcontrol.launch_dependents (the next launch may start its programs)."""
+        return gl.inline_asm_elementwise(f"griddepcontrol.{op}; mov.u32 $0, 0;", "=r,r", [like], dtype=gl.int32,
+                                         is_pure=False, pack=1)
 
     @gluon.jit
     def ring_bases(like):
@@ -327,7 +372,8 @@ if gluon is not None:
                     NW: gl.constexpr, BITS: gl.constexpr, ZCK: gl.constexpr, ONE_ROW: gl.constexpr,
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
-                    XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, KU: gl.constexpr, TLB, TL: gl.constexpr):
+                    XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, KU: gl.constexpr, TLB, TL: gl.constexpr,
+                    LAST: gl.constexpr, PDL: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant. OB (batch 1, STAGES dividing 8): unrolled eight times,
@@ -350,6 +396,9 @@ if gluon is not None:
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
         pid = pid_k * gl.num_programs(0) + pid_n
+        if PDL:  # nothing read or written before the launches this one depends on have finished
+            grid_dep(z1, "wait")
+            grid_dep(z1, "launch_dependents")
         stamp(TLB, pid, 0, TL)
         res.slice(0, NT).store(z1)
         cta_barrier()  # that store lands before any thread's copies
@@ -411,10 +460,12 @@ if gluon is not None:
         orow = 16 * ta + 2 * g + e // 2
         ocol = 2 * c + e % 2
         finish(acc, acc2, ocol, orow, kp == 0, M, N, OUT, stride_om, BIAS, WS, CNT, pid_n, pid_k, SPLIT_K, HAS_BIAS,
-               TWO_D, HB)
+               TWO_D, HB, LAST)
         stamp(TLB, pid, 3, TL)
 
 
+LAST_SPLIT_SUMS = True  # split-K: the last split's program sums (finish); off: the last to arrive
+PDL = os.environ.get("MATGPTQ_LOP3_PDL", "1") != "0"  # programmatic dependent launch (launch_lop3)
 BLOCK_OFFSETS = True  # batch 1: the offset mma once per block of eight groups (OB); off: per group, as at 2-16 rows
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
 XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
@@ -496,7 +547,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
                           TLB=timeline if timeline is not None else cnt, TL=timeline is not None, num_warps=warps,
-                          **cst)
+                          LAST=LAST_SPLIT_SUMS, PDL=PDL, launch_pdl=PDL, **cst)
     check_window(h)
     return out
 
