@@ -464,8 +464,10 @@ if gluon is not None:
         stamp(TLB, pid, 3, TL)
 
 
-LAST_SPLIT_SUMS = True  # split-K: the last split's program sums (finish); off: the last to arrive
-PDL = os.environ.get("MATGPTQ_LOP3_PDL", "1") != "0"  # programmatic dependent launch (launch_lop3)
+# not yet timed on a GPU, so off by default (benchmarks/lop3.py --ab times them; tests/test_lop3.py
+# checks them bitwise against the default):
+LAST_SPLIT_SUMS = False  # split-K: the last split's program sums (finish); off: the last to arrive
+PDL = os.environ.get("MATGPTQ_LOP3_PDL", "0") != "0"  # programmatic dependent launch (launch_lop3)
 BLOCK_OFFSETS = True  # batch 1: the offset mma once per block of eight groups (OB); off: per group, as at 2-16 rows
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
 XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
