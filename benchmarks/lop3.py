@@ -6,6 +6,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
     python benchmarks/lop3.py --summarize benchmarks/results/lop3_h200d.json   # a saved run's summary
     python benchmarks/lop3.py --variants benchmarks/results/lop3_pdl_h200.json # a variant run's ratios
+    python benchmarks/lop3.py --batches 1 --no-check --ab PDL LAST_SPLIT_SUMS PDL+LAST_SPLIT_SUMS --ab-top 4  # GPU: switches
 
 Checks (NaN-poisoned outputs, float64 reference): the --bits widths, both slicing rules, with and
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
@@ -23,6 +24,7 @@ second against the copy bandwidth measured in the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -78,22 +80,18 @@ def check(widths=(2, 3, 4), n=512, k=2048):
     return worst, fails
 
 
+@contextlib.contextmanager
 def flipped(names):
-    """A context in which the lop3 kernel's switches ``names`` (module flags of lop3_kernel:
-    BLOCK_OFFSETS, LAST_SPLIT_SUMS, PDL) take the other value."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        was = {a: getattr(lop3_kernel, a) for a in names}
+    """The lop3 kernel's switches ``names`` (module flags of lop3_kernel: BLOCK_OFFSETS,
+    LAST_SPLIT_SUMS, PDL) at the other value, inside the block."""
+    was = {a: getattr(lop3_kernel, a) for a in names}
+    for a, v in was.items():
+        setattr(lop3_kernel, a, not v)
+    try:
+        yield
+    finally:
         for a, v in was.items():
-            setattr(lop3_kernel, a, not v)
-        try:
-            yield
-        finally:
-            for a, v in was.items():
-                setattr(lop3_kernel, a, v)
-    return ctx()
+            setattr(lop3_kernel, a, v)
 
 
 def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
@@ -338,14 +336,20 @@ def main():
     ap.add_argument("--sass", action="store_true", help="offline: the kernels' SASS counts (no GPU)")
     ap.add_argument("--summarize", metavar="JSON", help="no GPU: print the summary of a saved run (lop3_TAG.json)")
     ap.add_argument("--variants", metavar="JSON", help="no GPU: the ratios of a saved variant run (us_VALUE columns)")
-    ap.add_argument("--ab", nargs="*", default=(), metavar="SWITCH[+SWITCH]",
+    ap.add_argument("--ab", nargs="*", default=None, metavar="SWITCH[+SWITCH]",
                     help="also the launches with these lop3_kernel switches flipped (each argument one variant; "
                     "switches BLOCK_OFFSETS: batch 1's offset mma per block, LAST_SPLIT_SUMS: the split-K sum by "
-                    "the last split, PDL: programmatic dependent launch), then the same launches as they are again")
+                    "the last split, PDL: programmatic dependent launch), then the same launches as they are again; "
+                    "--ab alone: BLOCK_OFFSETS")
     ap.add_argument("--ab-top", type=int, default=0, help="--ab: only the N best launches of a point (0: all)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
+    args.ab = ["BLOCK_OFFSETS"] if args.ab == [] else args.ab or []
+    bad = sorted({n for c in args.ab for n in c.split("+")} - {"BLOCK_OFFSETS", "LAST_SPLIT_SUMS", "PDL"})
+    if bad:
+        raise SystemExit(f"--ab {' '.join(args.ab)}: unknown switch {', '.join(bad)}; the lop3 kernel's switches are "
+                         "BLOCK_OFFSETS, LAST_SPLIT_SUMS and PDL, joined by + for a variant with several flipped")
     if args.sass:
         return sass_counts(args.out)
     if args.variants:

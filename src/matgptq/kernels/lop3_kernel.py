@@ -168,6 +168,16 @@ if gluon is not None:
                                          dtype=gl.int32, is_pure=False, pack=4)
 
     @gluon.jit
+    def _sum_store(acc, acc2, ws, ocol, orow, mask, mask2, M, N, OUT, stride_om, BIAS, SPLIT_K, OWN: gl.constexpr,
+                   HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr):
+        """The split-K sum (_sum_partials) of batch rows 0-7 and, with HB, 8-15, stored."""
+        _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K, OWN), ocol, orow, mask, OUT, stride_om, BIAS, HAS_BIAS,
+               TWO_D)
+        if HB:
+            _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K, OWN), ocol + 8, orow, mask2, OUT, stride_om,
+                   BIAS, HAS_BIAS, TWO_D)
+
+    @gluon.jit
     def finish(acc, acc2, ocol, orow, live, M, N, OUT, stride_om, BIAS, WS, CNT, tile_id, pid_k, SPLIT_K,
                HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr, HB: gl.constexpr, LAST: gl.constexpr):
         """Without split-K: times TWO_D (+ bias), stored as fp16. With it, LAST (LAST_SPLIT_SUMS):
@@ -190,11 +200,8 @@ if gluon is not None:
                 sums = pid_k < 0
             if sums:
                 ws = ws + wait_count((CNT + tile_id + orow * 0).to(gl.int64), orow * 0 + (SPLIT_K - 1))
-                _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K, True), ocol, orow, mask, OUT, stride_om, BIAS,
-                       HAS_BIAS, TWO_D)
-                if HB:
-                    _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K, True), ocol + 8, orow, mask2, OUT,
-                           stride_om, BIAS, HAS_BIAS, TWO_D)
+                _sum_store(acc, acc2, ws, ocol, orow, mask, mask2, M, N, OUT, stride_om, BIAS, SPLIT_K, True,
+                           HAS_BIAS, TWO_D, HB)
                 cta_barrier()  # every thread has seen the count before it is reset
                 gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
             else:
@@ -207,11 +214,8 @@ if gluon is not None:
                 else:
                     old = gl.atomic_add(CNT + tile_id, 1, sem="acq_rel", scope="gpu")
                     if old == SPLIT_K - 1:
-                        _store(_sum_partials(acc, ws, mask, M, N, SPLIT_K, False), ocol, orow, mask, OUT, stride_om,
-                               BIAS, HAS_BIAS, TWO_D)
-                        if HB:
-                            _store(_sum_partials(acc2, ws + 8 * N, mask2, M, N, SPLIT_K, False), ocol + 8, orow, mask2,
-                                   OUT, stride_om, BIAS, HAS_BIAS, TWO_D)
+                        _sum_store(acc, acc2, ws, ocol, orow, mask, mask2, M, N, OUT, stride_om, BIAS, SPLIT_K, False,
+                                   HAS_BIAS, TWO_D, HB)
                         gl.atomic_xchg(CNT + tile_id, 0, sem="relaxed", scope="gpu")
 
     @gluon.jit
@@ -467,7 +471,11 @@ if gluon is not None:
 # not yet timed on a GPU, so off by default (benchmarks/lop3.py --ab times them; tests/test_lop3.py
 # checks them bitwise against the default):
 LAST_SPLIT_SUMS = False  # split-K: the last split's program sums (finish); off: the last to arrive
-PDL = os.environ.get("MATGPTQ_LOP3_PDL", "0") != "0"  # programmatic dependent launch (launch_lop3)
+PDL = os.environ.get("MATGPTQ_LOP3_PDL", "0")  # programmatic dependent launch (launch_lop3)
+if PDL not in ("0", "1"):
+    raise ValueError(f"MATGPTQ_LOP3_PDL={PDL!r}: set it to 1 (the lop3 kernel launched with programmatic "
+                     "dependent launch) or 0 (without), or leave it unset (0)")
+PDL = PDL == "1"
 BLOCK_OFFSETS = True  # batch 1: the offset mma once per block of eight groups (OB); off: per group, as at 2-16 rows
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
 XS_PADDED = 288  # bytes per activation row in shared memory (x_block)
