@@ -6,7 +6,7 @@ kernels, fp16 ``F.linear`` and dequantize + cuBLAS, at the issue's shapes and ba
     PYTHONPATH=<Triton 3.6>:src python benchmarks/lop3.py --sass          # offline: sm_90 SASS counts
     python benchmarks/lop3.py --summarize benchmarks/results/lop3_h200d.json   # a saved run's summary
     python benchmarks/lop3.py --variants benchmarks/results/lop3_pdl_h200.json # a variant run's ratios
-    python benchmarks/lop3.py --batches 1 --no-check --ab PDL LAST_SPLIT_SUMS PDL+LAST_SPLIT_SUMS --ab-top 4  # GPU: switches
+    python benchmarks/lop3.py --batches 1 --no-check --ab LAST_SPLIT_SUMS PDL --ab-top 4  # GPU: switches flipped
 
 Checks (NaN-poisoned outputs, float64 reference): the --bits widths, both slicing rules, with and
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
@@ -115,6 +115,9 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
         return got
 
     tried = timed(cands)
+    top = sorted(cands, key=lambda c: tried.get(c.key(), float("inf")))[:configs.LOP3_PDL_TOP]
+    tried.update(timed(configs.lop3_pdl_variants(top)))  # as the autotuner: the best few with PDL 1 and 2
+    cands = [KernelConfig.from_key(c) for c in tried]
     best = min(tried, key=tried.get)
     need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
     variants = {}  # --ab: the best candidates again, each with these switches flipped
@@ -156,7 +159,7 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
     return row, key, KernelConfig.from_key(best)
 
 
-def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, last=None, pdl=None):
+def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, last=None, pdl=0):
     """The library's lop3 kernel compiled for sm_90 without a GPU (Triton >= 3.5, with bias; its
     shared window checked at offset 0): the CompiledKernel, .asm["ptx"] / ["sass"] to read."""
     import triton
@@ -170,7 +173,7 @@ def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, 
     ptr = {"X": "*i32", "Q": "*i32", "S": "*fp16", "AQ": "*i32", "OUT": "*fp16", "BIAS": "*fp16", "WS": "*fp32",
            "CNT": "*i32", "TLB": "*i64"}
     cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=timeline,
-               LAST=K.LAST_SPLIT_SUMS if last is None else last, PDL=K.PDL if pdl is None else pdl,
+               LAST=K.LAST_SPLIT_SUMS if last is None else last, PDL=pdl,
                **K.launch_consts(bits, warps, stages, gps, m, k_parts))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -339,7 +342,8 @@ def main():
     ap.add_argument("--ab", nargs="*", default=None, metavar="SWITCH[+SWITCH]",
                     help="also the launches with these lop3_kernel switches flipped (each argument one variant; "
                     "switches BLOCK_OFFSETS: batch 1's offset mma per block, LAST_SPLIT_SUMS: the split-K sum by "
-                    "the last split, PDL: programmatic dependent launch), then the same launches as they are again; "
+                    "the last split, PDL: the configs' programmatic dependent launch, as MATGPTQ_LOP3_PDL=0 turns it off), "
+                    "then the same launches as they are again; "
                     "--ab alone: BLOCK_OFFSETS")
     ap.add_argument("--ab-top", type=int, default=0, help="--ab: only the N best launches of a point (0: all)")
     ap.add_argument("--out", default=None)

@@ -9,6 +9,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -233,6 +235,14 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("lop3:bm16:bn16:sk1:w2:s4:ku4")
     lop3 = KernelConfig.from_key("lop3:bm16:bn16:sk1:w8:s4:ku8")
     assert lop3.k_unroll == 8 and KernelConfig.from_key(lop3.key()) == lop3
+    lop3s = configs.lop3_candidates(4096, 112, 1, 132, bits=2)
+    pdls = configs.lop3_pdl_variants(lop3s[:3])
+    assert [c.pdl for c in pdls] == [1, 2] * 3 and all(KernelConfig.from_key(c.key()) == c for c in pdls)
+    assert [replace(c, pdl=0) for c in pdls[::2]] == lop3s[:3] and configs.lop3_pdl_variants(pdls) == []
+    with pytest.raises(ValueError, match="pdl=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"):
+        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:p1")
+    with pytest.raises(ValueError, match="pdl=3 with kind='lop3'"):
+        KernelConfig.from_key("lop3:bm16:bn64:sk1:w4:s4:p3")
     with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
     with pytest.raises(ValueError, match="units_outer=1 with kind='gemm': it orders the mma kernel's"):

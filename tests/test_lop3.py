@@ -5,6 +5,7 @@ shared-memory fit. The Gluon matmul kernel runs only on a GPU (test_lop3_kernel_
 TRITON_INTERPRET=0, and benchmarks/lop3.py's checks)."""
 
 import os
+from dataclasses import replace
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -392,9 +393,16 @@ def test_lop3_kernel_on_gpu(m, bits):
         ref = x.double().cpu() @ w.t()
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
-        # the same bits with each switch of the kernel flipped: the offset mma per group (batch 1),
-        # the split-K sum by the last to arrive, no programmatic dependent launch
-        for switch in ("BLOCK_OFFSETS", "LAST_SPLIT_SUMS", "PDL"):
+        # the same bits with programmatic dependent launch (the weights' first groups copied before
+        # the wait, the next launch let start at the start or after the loop), twice in a row
+        for pdl in (1, 2):
+            other = torch.full_like(out, float("nan"))
+            run_config(replace(cfg, pdl=pdl), x, pw, bits, other, None)
+            run_config(replace(cfg, pdl=pdl), x, pw, bits, other, None)
+            assert torch.equal(out, other), pdl
+        # and with each switch of the kernel flipped: the offset mma per group (batch 1), the split-K
+        # sum by the last to arrive
+        for switch in ("BLOCK_OFFSETS", "LAST_SPLIT_SUMS"):
             if switch == "BLOCK_OFFSETS" and not lop3_kernel.block_offsets(m, cfg.num_stages):
                 continue
             was = getattr(lop3_kernel, switch)
@@ -454,12 +462,15 @@ from lop3 import compile_lop3
 out = []
 for bits, m, tl, st, ku, sw in ((2, 1, False, 4, 1, 1), (3, 1, False, 3, 1, 1), (3, 9, False, 4, 1, 1),
                                 (4, 16, False, 4, 1, 1), (2, 1, True, 4, 1, 1), (3, 1, False, 4, 4, 1),
-                                (4, 9, False, 4, 2, 1), (2, 1, False, 4, 1, 0)):
-    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=bool(sw)).asm["ptx"]
+                                (4, 9, False, 4, 2, 1), (2, 1, False, 4, 1, 0), (2, 1, False, 4, 1, 2)):
+    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=sw).asm["ptx"]
+    wait = ptx.find("griddepcontrol.wait")
     out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, sw=sw, atom=ptx.count("atom.global"),
                     mma=ptx.count("mma.sync"), cp_async=ptx.count("cp.async.cg.shared.global"),
                     timer=ptx.count("%globaltimer"), shfl=ptx.count("shfl.sync"), parts=ptx.count("st.shared.v4.f32"),
-                    acquire=ptx.count("ld.acquire.gpu"), griddep=ptx.count("griddepcontrol.")))
+                    acquire=ptx.count("ld.acquire.gpu"), griddep=ptx.count("griddepcontrol."),
+                    copies_first=0 <= ptx.find("cp.async.cg.shared.global") < wait,
+                    dependents_last=0 <= ptx.rfind("mma.sync") < ptx.find("griddepcontrol.launch_dependents")))
 print(json.dumps(out))
 """
 
@@ -472,7 +483,8 @@ def test_lop3_kernel_compiles_for_sm90():
     with a ring of 2, 4 or 8 stages (OB) unrolled over a block of eight groups, 8 code mmas a
     group, one offset mma for the block and a shuffle a group. The timeline variant (TL) adds its
     four timer reads and nothing else; LAST_SPLIT_SUMS and PDL their acquire spin and their two
-    griddepcontrol, and nothing else."""
+    griddepcontrol (the wait after the first weight copies; PDL 2 lets the next launch start after
+    the group loop), and nothing else."""
     import json
     import subprocess
     import sys
@@ -491,8 +503,10 @@ def test_lop3_kernel_compiles_for_sm90():
     got = {(r["bits"], r["m"], r["tl"], r["ku"], r["sw"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
     for (bits, m, tl, ku, sw), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
-        # the last split's wait for the count (LAST_SPLIT_SUMS), the two griddepcontrol (PDL), only when on
-        assert r["acquire"] == sw and r["griddep"] == 2 * sw, r
+        # the last split's wait for the count (LAST_SPLIT_SUMS), the two griddepcontrol (PDL), only when
+        # on; the first weight copies before the wait; PDL 2 lets the next launch start after the loop
+        assert r["acquire"] == bool(sw) and r["griddep"] == 2 * bool(sw) and r["copies_first"] == bool(sw), r
+        assert r["dependents_last"] == (sw == 2), r
         assert r["parts"] == (0 if ku == 1 else 2 if m > 8 else 1), r  # the k parts' sums: one store a batch half
         if block_offsets(m, r["stages"]):
             assert r["mma"] == 8 * 8 + 8 and r["shfl"] == 8, r  # 8 groups, 8 code mmas each, 8 for the block
@@ -501,8 +515,10 @@ def test_lop3_kernel_compiles_for_sm90():
         assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
     assert {k: v for k, v in got[(2, 1, True, 1, 1)].items() if k not in ("tl", "timer")} == \
         {k: v for k, v in got[(2, 1, False, 1, 1)].items() if k not in ("tl", "timer")}
-    assert {k: v for k, v in got[(2, 1, False, 1, 0)].items() if k not in ("sw", "acquire", "griddep", "atom")} == \
-        {k: v for k, v in got[(2, 1, False, 1, 1)].items() if k not in ("sw", "acquire", "griddep", "atom")}
+    switched = ("sw", "acquire", "griddep", "atom", "copies_first", "dependents_last")
+    for sw in (1, 2):
+        assert {k: v for k, v in got[(2, 1, False, 1, 0)].items() if k not in switched} == \
+            {k: v for k, v in got[(2, 1, False, 1, sw)].items() if k not in switched}
     assert block_offsets(1, 4) and not block_offsets(1, 3) and not block_offsets(2, 4)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 TUNED_FILE = Path(__file__).with_name("tuned.json")
@@ -21,6 +21,7 @@ MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
 LOP3_MAX_M = 32  # the lop3 layout's Gluon kernel: up to 16 rows a launch, two launches up to 32
+LOP3_PDL_TOP = 4  # the autotuner times this many best lop3 launches again with programmatic dependent launch
 LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
@@ -36,6 +37,7 @@ class KernelConfig:
     # lop3: warps per row tile, each on a part of the program's K range (summed in shared memory)
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
     units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
+    pdl: int = 0  # lop3: programmatic dependent launch, the next launch let start 1 at the start, 2 after the loop
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -60,6 +62,10 @@ class KernelConfig:
             raise ValueError(f"num_stages={self.num_stages}, num_warps={self.num_warps}, bm={self.bm} with "
                              "kind='lop3': use 2, 3, 4, 6 or 8 stages (groups in flight + 1), 1, 2, 4 or 8 warps "
                              "(row tiles per program) and bm 16 or 8 (batch rows per launch)")
+        if self.pdl not in (0, 1, 2) or (self.pdl and self.kind != "lop3"):
+            raise ValueError(f"pdl={self.pdl} with kind={self.kind!r}: programmatic dependent launch is the 'lop3' "
+                             "kernel's; use 0, or 1 (the next launch may start once all programs have started) or 2 "
+                             "(once all have finished their group loop) with kind='lop3'")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
@@ -67,6 +73,7 @@ class KernelConfig:
         ku = f":ku{self.k_unroll}" if self.k_unroll > 1 else ""
         ku += f":r{self.max_regs}" if self.max_regs else ""
         ku += f":u{self.units_outer}" if self.units_outer else ""
+        ku += f":p{self.pdl}" if self.pdl else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -74,7 +81,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "u": "units_outer"}
+                 "r": "max_regs", "u": "units_outer", "p": "pdl"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -258,6 +265,13 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
     if m > 16 or not kernel:  # at 9-16 rows it never came close on the H200 (benchmarks/lop3.py)
         out += gemm_candidates(n, groups, m, sms)
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]
+
+
+def lop3_pdl_variants(best: list[KernelConfig]) -> list[KernelConfig]:
+    """The autotuner's second round on the lop3 layout: its best lop3-kernel launches again with
+    programmatic dependent launch, 1 and 2 (H100, batch 1: 0.93-1.16x, the sign by shape and width,
+    so it is tuned, not on by default)."""
+    return [replace(c, pdl=p) for c in best if c.kind == "lop3" and not c.pdl for p in (1, 2)]
 
 
 _tuned: dict[str, KernelConfig] = {}

@@ -239,7 +239,7 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     for r0 in range(0, x2.shape[0], per):
         lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
                                 out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k,
-                                timeline, cfg.k_unroll)
+                                timeline, cfg.k_unroll, cfg.pdl)
     return out
 
 
@@ -364,18 +364,23 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
 
     m = x2.shape[0]
     out = torch.empty(m, pw.n, dtype=x2.dtype, device=x2.device)
-    best, best_t = None, float("inf")
     if pw.layout == "lop3":
         cands = configs.lop3_candidates(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))
     else:
         cands = configs.candidates(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw), bits)
-    for cfg in cands:
-        try:
-            t = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20, return_mode="median")
-        except Exception:  # a candidate that does not compile or fit is skipped
-            continue
-        if t < best_t:
-            best, best_t = cfg, t
+    timed = {}
+
+    def bench(cfgs):
+        for cfg in cfgs:
+            try:
+                timed[cfg] = do_bench(lambda: run_config(cfg, x2, pw, bits, out, bias), warmup=5, rep=20,
+                                      return_mode="median")
+            except Exception:  # a candidate that does not compile or fit is skipped
+                pass
+    bench(cands)
+    if pw.layout == "lop3":  # then the best few with programmatic dependent launch
+        bench(configs.lop3_pdl_variants(sorted(timed, key=timed.get)[:configs.LOP3_PDL_TOP]))
+    best = min(timed, key=timed.get, default=None)
     if pw.layout == "lop3":
         return best or configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))
     return best or configs.heuristic(pw.n, pw.k_tiles, m, _sms(x2.device), mma_supported(x2, pw))

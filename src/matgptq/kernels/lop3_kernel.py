@@ -386,7 +386,8 @@ if gluon is not None:
         holds it: 1 mma a group in place of 8. KU > 1: the NW warps take NW / KU row tiles, KU
         warps a tile, each a consecutive part of the program's K range (GPW groups); their sums
         meet in shared memory, not in the split-K workspace. TL: phase timestamps into TLB (see
-        stamp)."""
+        stamp). PDL 1 / 2: the first weight groups copied before griddepcontrol.wait, the dependents
+        let start after it / after the group loop."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -400,9 +401,6 @@ if gluon is not None:
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
         pid = pid_k * gl.num_programs(0) + pid_n
-        if PDL:  # nothing read or written before the launches this one depends on have finished
-            grid_dep(z1, "wait")
-            grid_dep(z1, "launch_dependents")
         stamp(TLB, pid, 0, TL)
         res.slice(0, NT).store(z1)
         cta_barrier()  # that store lands before any thread's copies
@@ -421,10 +419,19 @@ if gluon is not None:
             GPW = (GPS + KU - 1) // KU  # groups a part
             gw0 = g0 + kp * GPW  # this warp's part: groups gw0 .. gw1 (none past g1)
             gw1 = gl.minimum(gw0 + GPW, g1)
-        x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
-        for i in gl.static_range(STAGES - 1):
-            issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
-        wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
+        if PDL == 0:
+            x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
+            for i in gl.static_range(STAGES - 1):
+                issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
+            wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
+        else:  # the weights (no launch writes them) before the wait: they load while the launch before ends
+            for i in gl.static_range(STAGES - 1):
+                issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
+            grid_dep(z1, "wait")  # the launches this one depends on have finished: x, OUT, WS and CNT are free
+            if PDL == 1:
+                grid_dep(z1, "launch_dependents")
+            x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
+            wait_copies(0, e)  # the activations, the newest group (and the ring's first groups)
         cta_barrier()  # and for every thread
         stamp(TLB, pid, 1, TL)
         xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2) + (gw0 - g0) * (XR * XS)  # the part's
@@ -455,6 +462,8 @@ if gluon is not None:
                                           i)
         wait_copies(0, e)
         cta_barrier()
+        if PDL == 2:  # the next launch's programs may start (they wait for this one's end to read x)
+            grid_dep(z1, "launch_dependents")
         stamp(TLB, pid, 2, TL)
         res.slice(0, NT).store(z1)
         if KU > 1:  # past the keep-alive words: the parts' sums (the rings are drained)
@@ -468,13 +477,11 @@ if gluon is not None:
         stamp(TLB, pid, 3, TL)
 
 
-# not yet timed on a GPU, so off by default (benchmarks/lop3.py --ab times them; tests/test_lop3.py
-# checks them bitwise against the default):
-LAST_SPLIT_SUMS = False  # split-K: the last split's program sums (finish); off: the last to arrive
-PDL = os.environ.get("MATGPTQ_LOP3_PDL", "0")  # programmatic dependent launch (launch_lop3)
+LAST_SPLIT_SUMS = True  # split-K: the last split's program sums (finish); off: the last to arrive (H100: 0.97-1.0x)
+PDL = os.environ.get("MATGPTQ_LOP3_PDL", "1")  # "0": launches without programmatic dependent launch, any config
 if PDL not in ("0", "1"):
-    raise ValueError(f"MATGPTQ_LOP3_PDL={PDL!r}: set it to 1 (the lop3 kernel launched with programmatic "
-                     "dependent launch) or 0 (without), or leave it unset (0)")
+    raise ValueError(f"MATGPTQ_LOP3_PDL={PDL!r}: set it to 0 (no lop3 launch takes programmatic dependent launch, "
+                     "whatever its config's pdl) or 1 (a config's pdl holds), or leave it unset (1)")
 PDL = PDL == "1"
 BLOCK_OFFSETS = True  # batch 1: the offset mma once per block of eight groups (OB); off: per group, as at 2-16 rows
 MAX_M = 16  # batch rows per launch: the eight columns of one m16n8k16, or two of them (HB)
@@ -537,11 +544,14 @@ def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
                 cnt: torch.Tensor, warps: int, stages: int, split_k: int,
-                timeline: torch.Tensor | None = None, k_parts: int = 1) -> torch.Tensor:
+                timeline: torch.Tensor | None = None, k_parts: int = 1, pdl: int = 0) -> torch.Tensor:
     """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
     N / (16 · warps / k_parts) zeroed counters (the kernel leaves them zero). ``k_parts``: warps
-    a row tile, each on a part of the program's K range. ``timeline``: int64 [programs, 10] to
+    a row tile, each on a part of the program's K range. ``pdl``: programmatic dependent launch,
+    0 none, 1 the next launch may start once all programs have started, 2 once all have finished
+    their group loop; with 1 or 2 the programs load their first weight groups before waiting for
+    the launch before (unless MATGPTQ_LOP3_PDL=0). ``timeline``: int64 [programs, 10] to
     receive each program's phase timestamps (:func:`timeline_programs`)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
@@ -557,7 +567,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
                           TLB=timeline if timeline is not None else cnt, TL=timeline is not None, num_warps=warps,
-                          LAST=LAST_SPLIT_SUMS, PDL=PDL, launch_pdl=PDL, **cst)
+                          LAST=LAST_SPLIT_SUMS, PDL=pdl * PDL, launch_pdl=bool(pdl * PDL), **cst)
     check_window(h)
     return out
 
