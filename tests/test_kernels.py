@@ -251,3 +251,45 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s4")
     with pytest.raises(ValueError, match="kind='mmx'; use one of mma, gemv, gemm, cublas"):
         KernelConfig.from_key("mmx:bm8:bn64:sk1:w4:s1")  # before: run_config served it with cuBLAS
+
+
+def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):
+    """dispatch._autotune with made-up timings (no GPU): every candidate timed once, one that fails
+    skipped, then the LOP3_PDL_TOP best lop3 launches again with pdl 1 and 2, and the fastest of all
+    chosen, as an exhaustive min over the same made-up times says; the fixed layout gets no PDL round."""
+    import triton.testing
+    from types import SimpleNamespace
+
+    from matgptq.kernels import configs
+
+    def made_up(cfg):  # deterministic, uneven, PDL 2 faster on some launches and slower on others
+        t = 10 + (cfg.split_k * 7 + cfg.num_warps * 3 + cfg.num_stages + 5 * cfg.k_unroll) % 11
+        return t * {0: 1.0, 1: 1.04, 2: 0.93 if cfg.split_k % 2 else 1.08}[cfg.pdl]
+
+    ran = []
+    monkeypatch.setattr(dispatch, "run_config", lambda cfg, *a: ran.append(cfg))
+    monkeypatch.setattr(dispatch, "lop3_supported", lambda x2, pw: True)
+    monkeypatch.setattr(dispatch, "mma_supported", lambda x2, pw: True)
+
+    def bench(fn, **kw):
+        fn()
+        if ran[-1] == failing:
+            raise RuntimeError("out of shared memory")
+        return made_up(ran[-1])
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    x2 = torch.zeros(1, 14336, dtype=torch.float16)
+    pw = SimpleNamespace(layout="lop3", n=4096, k=14336)
+    cands = configs.lop3_candidates(4096, 112, 1, 4, 2)
+    failing = min(cands, key=made_up)  # the fastest base launch does not run: the tuner must skip it
+    chosen = dispatch._autotune(x2, pw, 2, None)
+    ok = [c for c in cands if c != failing]
+    top = sorted(ok, key=made_up)[:configs.LOP3_PDL_TOP]
+    tried = ok + [replace(c, pdl=p) for c in top for p in (1, 2)]
+    assert ran == cands + tried[len(ok):]
+    assert chosen == min(tried, key=made_up) and chosen.pdl == 2
+    ran.clear()
+    pw = SimpleNamespace(layout="fixed", n=4096, k_tiles=112)
+    failing = None
+    chosen = dispatch._autotune(x2, pw, 4, None)
+    assert ran == configs.candidates(4096, 112, 1, 4, True, 4) and not any(c.pdl for c in ran)
+    assert chosen == min(ran, key=made_up)
