@@ -293,3 +293,46 @@ def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):
     chosen = dispatch._autotune(x2, pw, 4, None)
     assert ran == configs.candidates(4096, 112, 1, 4, True, 4) and not any(c.pdl for c in ran)
     assert chosen == min(ran, key=made_up)
+
+
+def test_merge_tuned_table(tmp_path):
+    """benchmarks/merge_tuned.py: a run's launches replace the table's and new keys are added;
+    an old entry without the newer fields that means the same launch is no change and stays
+    as written; later files win; a bad entry or a result file is refused before anything is
+    written; --dry-run writes nothing; what it writes loads back as the same launches."""
+    import importlib.util
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_tuned.py"
+    spec = importlib.util.spec_from_file_location("merge_tuned", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    key = "GPU X|4096x14336|m1|lop2|g128s|float16"
+    old_entry = {"kind": "lop3", "bn": 64, "bm": 16, "split_k": 8, "num_warps": 4, "num_stages": 4, "k_unroll": 1}
+    table = tmp_path / "tuned.json"
+    table.write_text(json.dumps({key: old_entry, key.replace("lop2", "lop4"): old_entry}, indent=0))
+    before = table.read_text()
+    p2 = asdict(KernelConfig.from_key("lop3:bm16:bn64:sk7:w4:s4:p2"))
+    run1, run2 = tmp_path / "a.json", tmp_path / "b.json"
+    run1.write_text(json.dumps({key: asdict(KernelConfig.from_key("lop3:bm16:bn64:sk4:w4:s4")),
+                                key.replace("lop2", "lop4"): asdict(KernelConfig(**old_entry)),
+                                key.replace("m1", "m2"): p2}))
+    run2.write_text(json.dumps({key: p2}))
+    assert mod.merge([str(run1), str(run2)], table, dry_run=True) == [
+        (key, "lop3:bm16:bn64:sk8:w4:s4", "lop3:bm16:bn64:sk7:w4:s4:p2"),
+        (key.replace("m1", "m2"), "-", "lop3:bm16:bn64:sk7:w4:s4:p2")]
+    assert table.read_text() == before
+    bad = tmp_path / "bad.json"
+    for text, msg in ((json.dumps({key: dict(p2, pdl=3)}), "is not a valid launch.*pdl=3"),
+                      (json.dumps({"rows": []}), "not a tuned table"), (json.dumps({"a|b": p2}), "not a table key")):
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match=msg):
+            mod.merge([str(run1), str(bad)], table)
+        assert table.read_text() == before
+    assert len(mod.merge([str(run1), str(run2)], table)) == 2
+    got = json.loads(table.read_text())
+    assert got[key] == p2 and got[key.replace("lop2", "lop4")] == old_entry and got[key.replace("m1", "m2")] == p2
+    assert KernelConfig(**got[key]).key() == "lop3:bm16:bn64:sk7:w4:s4:p2"
+    assert mod.merge([str(run2)], table) == []
