@@ -285,6 +285,17 @@ def summarize(rows):
         if len(best) > 1 and 4 in best:
             print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
                   + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
+    pdl = []  # the tuner's PDL round: each form's best launch over the best launch without
+    for r in rows:
+        by = {0: [], 1: [], 2: []}
+        for c, v in r["tried"].items():
+            if c.startswith("lop3"):
+                by[KernelConfig.from_key(c).pdl].append(v)
+        if by[0] and (by[1] or by[2]):
+            pdl.append(f"{r['shape']} b{r['bits']} m{r['batch']} "
+                       + " ".join(f"p{p} {min(by[p]) / min(by[0]):.3f}x" for p in (1, 2) if by[p]))
+    if pdl:
+        print("PDL, best launch with it over best without: " + ", ".join(pdl), flush=True)
     pairs, same = [], []  # lop3_h100g.json (commit f1df942's cluster launches, key part c1): the best cluster launch's time
     # over the best global split-K launch
     for r in rows:
