@@ -545,3 +545,30 @@ def test_timeline_phases():
     assert (got["prologue_us_median"], got["loop_us_median"], got["finish_us_median"]) == (0.6, 5.0, 0.2)
     assert (got["prologue_us_p90"], got["loop_us_p90"], got["finish_us_p90"]) == (0.7, 6.0, 0.9)
     assert (got["prologue_cycles_median"], got["loop_cycles_median"], got["finish_cycles_median"]) == (1200, 10000, 400)
+
+
+def test_benchmark_summary_lines(capsys):
+    """benchmarks/lop3.py --summarize: the A1 miss line's needed time (the point's time scaled to
+    the target share) and the PDL round's ratios, against the numbers by hand."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("lop3_bench", bench / "lop3.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    tried = {"lop3:bm16:bn64:sk8:w4:s4": 10.0, "lop3:bm16:bn64:sk7:w4:s4": 10.5, "lop3:bm16:bn64:sk8:w4:s4:p1": 11.0,
+             "lop3:bm16:bn64:sk7:w4:s4:p2": 9.0, "gemm:bm16:bn64:sk1:w4:s1": 8.0}
+    row = dict(shape="4096x14336", bits=2, batch=1, us=9.0, config="lop3:bm16:bn64:sk7:w4:s4:p2", fixed_us=12.0,
+               speedup_vs_fixed=12.0 / 9.0, fp16_us=45.0, deq_cublas_us=None, lop3_dequant_us=None, pct_copy=60.0,
+               tried=tried)
+    mod.summarize([row, dict(row, bits=4, pct_copy=81.0, tried={})])
+    out = capsys.readouterr().out
+    assert "A1 misses (the time the target needs, from the run's bytes and copy bandwidth): " \
+           "['4096x14336 b2 9.00 us, 8.31 at 65 %']" in out  # 9.00 * 60 / 65 = 8.307...; 4 bits passes
+    assert "PDL, best launch with it over best without: 4096x14336 b2 m1 p1 1.100x p2 0.900x\n" in out
