@@ -315,8 +315,17 @@ def summarize(rows):
     for c in combos:  # --ab: each point's best flipped launch over its best launch as is (timed right after)
         q = [(r, r["flipped"][c]) for r in rows if c in r.get("flipped", {})]
         print(f"{c} flipped, best over best as is (timed again after it): "
-              + ", ".join(f"{r['shape']} b{r['bits']} m{r['batch']} {v['us']:.2f}/{v['base_again_us']:.2f} "
+              + ", ".join(f"{r['shape']} b{r['bits']} m{r['batch']} {v['us']:.2f} ({v['pct_copy']} %)/{v['base_again_us']:.2f} "
                           f"({v['us'] / v['base_again_us']:.3f}x)" for r, v in q), flush=True)
+        each = sorted((v["tried"][k] / r["tried"][k], f"{r['shape']} b{r['bits']} m{r['batch']} {k}")
+                      for r, v in q for k in v["tried"] if k in r["tried"])
+        drift = [v["base_again_us"] / r["us"] for r, v in q]
+        print(f"{c}: the best launch as is, timed again, over the tuner's round: {min(drift):.3f}-{max(drift):.3f}x "
+              "(the run's drift)", flush=True)
+        if each:  # launch by launch: flipped over its timing in the tuner's round
+            print(f"{c} flipped, the same launch over its first timing: {each[0][0]:.3f}-{each[-1][0]:.3f}x "
+                  f"({len(each)} launches); slowest " + ", ".join(f"{w} {x:.3f}x" for x, w in each[::-1][:4]),
+                  flush=True)
     mid = ("4096x14336", "14336x4096", "8192x8192")
     for m, part in ((m, part) for m in sorted({r["batch"] for r in rows}) for part in ("mid", "other")):
         at = [r for r in rows if r["batch"] == m and (r["shape"] in mid) == (part == "mid")]

@@ -27,9 +27,12 @@ def merge(paths: list[str], table: Path = TUNED_FILE, dry_run: bool = False) -> 
     """(table key, old launch, new launch) for every entry that changes; the table is written
     unless ``dry_run``. A file that is not a tuned table, or a bad entry, raises before any write."""
     old = json.loads(table.read_text()) if table.exists() else {}
-    new = dict(old)
+    new, changed = dict(old), {}
     for p in paths:
-        run = json.loads(Path(p).read_text())
+        try:
+            run = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{p}: cannot read it as JSON ({e}); pass a tuning run's tuned_TAG.json") from e
         if not isinstance(run, dict) or "rows" in run:
             raise SystemExit(f"{p}: not a tuned table (a dict of 'GPU|NxK|mB|fmt|..' keys); pass the run's "
                              "tuned_TAG.json, not its result file")
@@ -41,8 +44,11 @@ def merge(paths: list[str], table: Path = TUNED_FILE, dry_run: bool = False) -> 
             except (TypeError, ValueError) as e:
                 raise SystemExit(f"{p}: entry {k!r} is not a valid launch ({e}); fix or drop it") from e
             if k not in old or asdict(KernelConfig(**old[k])) != cfg:  # older entries lack newer fields
-                new[k] = cfg
-    changes = [(k, _key(old.get(k)), _key(v)) for k, v in new.items() if old.get(k) is not v]
+                new[k] = changed[k] = cfg
+            else:  # a later file may set back what the table holds
+                new[k] = old[k]
+                changed.pop(k, None)
+    changes = [(k, _key(old.get(k)), _key(v)) for k, v in changed.items()]
     if changes and not dry_run:
         write_bytes(table, json.dumps(new, indent=0).encode())
     return changes

@@ -326,7 +326,8 @@ def test_merge_tuned_table(tmp_path):
     assert table.read_text() == before
     bad = tmp_path / "bad.json"
     for text, msg in ((json.dumps({key: dict(p2, pdl=3)}), "is not a valid launch.*pdl=3"),
-                      (json.dumps({"rows": []}), "not a tuned table"), (json.dumps({"a|b": p2}), "not a table key")):
+                      (json.dumps({"rows": []}), "not a tuned table"), (json.dumps({"a|b": p2}), "not a table key"),
+                      ("{", "cannot read it as JSON")):
         bad.write_text(text)
         with pytest.raises(SystemExit, match=msg):
             mod.merge([str(run1), str(bad)], table)
@@ -336,3 +337,9 @@ def test_merge_tuned_table(tmp_path):
     assert got[key] == p2 and got[key.replace("lop2", "lop4")] == old_entry and got[key.replace("m1", "m2")] == p2
     assert KernelConfig(**got[key]).key() == "lop3:bm16:bn64:sk7:w4:s4:p2"
     assert mod.merge([str(run2)], table) == []
+    run3 = tmp_path / "c.json"  # a later file setting a key back to what the table holds: no change
+    run3.write_text(json.dumps({key: p2 | {"pdl": 0}, key.replace("m1", "m4"): p2}))
+    run4 = tmp_path / "d.json"
+    run4.write_text(json.dumps({key: p2}))
+    assert mod.merge([str(run3), str(run4)], table, dry_run=True) == [(key.replace("m1", "m4"), "-",
+                                                                      "lop3:bm16:bn64:sk7:w4:s4:p2")]

@@ -270,8 +270,8 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
 def lop3_pdl_variants(best: list[KernelConfig]) -> list[KernelConfig]:
     """The autotuner's second round on the lop3 layout: its best lop3-kernel launches again with
     programmatic dependent launch, 1 and 2 (H100, batch 1, 4096x14336 at 2-4 bits: 0.93-0.99x the
-    time with 2, 0.94-1.13x with 1, and launches with k parts up to 1.2x slower with an earlier
-    form, so it is tuned per point, not on by default)."""
+    time with 2, 0.94-1.13x with 1; an earlier form 0.91-1.22x launch by launch), so it is tuned per
+    point, not on by default."""
     return [replace(c, pdl=p) for c in best if c.kind == "lop3" and not c.pdl for p in (1, 2)]
 
 

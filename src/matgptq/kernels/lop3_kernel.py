@@ -419,19 +419,18 @@ if gluon is not None:
             GPW = (GPS + KU - 1) // KU  # groups a part
             gw0 = g0 + kp * GPW  # this warp's part: groups gw0 .. gw1 (none past g1)
             gw1 = gl.minimum(gw0 + GPW, g1)
-        if PDL == 0:
+        if PDL == 0:  # the activations first (the oldest copy group)
             x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
-            for i in gl.static_range(STAGES - 1):
-                issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
-            wait_copies(STAGES - 1, e)  # the activation block (the oldest copy group) has landed, for this thread
-        else:  # the weights (no launch writes them) before the wait: they load while the launch before ends
-            for i in gl.static_range(STAGES - 1):
-                issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)
+        for i in gl.static_range(STAGES - 1):  # PDL: before the wait (no launch writes the weights), so they
+            issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)  # load as the last one ends
+        if PDL == 0:
+            wait_copies(STAGES - 1, e)  # the activation block has landed, for this thread
+        else:
             grid_dep(z1, "wait")  # the launches this one depends on have finished: x, OUT, WS and CNT are free
             if PDL == 1:
                 grid_dep(z1, "launch_dependents")
             x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
-            wait_copies(0, e)  # the activations, the newest group (and the ring's first groups)
+            wait_copies(0, e)  # the activations, now the newest group (and the ring's first groups)
         cta_barrier()  # and for every thread
         stamp(TLB, pid, 1, TL)
         xc = smem_base(e) + XOFF + c * 64 + c // 2 * ((XS - 256) // 2) + (gw0 - g0) * (XR * XS)  # the part's
@@ -478,7 +477,8 @@ if gluon is not None:
 
 
 LAST_SPLIT_SUMS = True  # split-K: the last split's program sums (finish); off: the last to arrive (H100: 0.97-1.0x)
-PDL = os.environ.get("MATGPTQ_LOP3_PDL", "1")  # "0": launches without programmatic dependent launch, any config
+# whether a config's pdl holds ("0": every launch without programmatic dependent launch)
+PDL = os.environ.get("MATGPTQ_LOP3_PDL", "1")
 if PDL not in ("0", "1"):
     raise ValueError(f"MATGPTQ_LOP3_PDL={PDL!r}: set it to 0 (no lop3 launch takes programmatic dependent launch, "
                      "whatever its config's pdl) or 1 (a config's pdl holds), or leave it unset (1)")
@@ -567,7 +567,7 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
                           TLB=timeline if timeline is not None else cnt, TL=timeline is not None, num_warps=warps,
-                          LAST=LAST_SPLIT_SUMS, PDL=pdl * PDL, launch_pdl=bool(pdl * PDL), **cst)
+                          LAST=LAST_SPLIT_SUMS, PDL=pdl if PDL else 0, launch_pdl=bool(pdl and PDL), **cst)
     check_window(h)
     return out
 
