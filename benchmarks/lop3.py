@@ -12,8 +12,8 @@ Checks (NaN-poisoned outputs, float64 reference): the --bits widths, both slicin
 without bias, fp16 batches 1, 2, 3, 5, 7, 8, 9, 16, 20, 33 and 100 and bf16 batches 9 and 33
 (the dispatcher's choice: the Gluon kernel, the tensor-core kernel, dequantize + cuBLAS), the
 tuner's candidates at batches 3, 9 and 33 and five more lop3-kernel launch shapes (1-4 warps, 2-8
-stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8 rows) at batches
-3, 9 and 20. Timings: every lop3 launch the tuner would try (each point's
+stages, splits 1-16, one that leaves a short last range; launches of 16 and of 8 rows; the last
+three with PDL and the L2 prefetch) at batches 3, 9 and 20. Timings: every lop3 launch the tuner would try (each point's
 best kept; ``tuned_lop3_TAG.json`` holds them in ``tuned.json``'s format; both files are
 rewritten after every point), against the library's
 fixed layout with its table's launch (``choose_config``), rotating copies of the weight in one
@@ -63,6 +63,7 @@ def check(widths=(2, 3, 4), n=512, k=2048):
                         cfgs += [KernelConfig("lop3", bm=bm, split_k=sk, num_warps=w, num_stages=st)
                                  for w, st, sk in ((4, 4, 1), (2, 4, 4), (1, 2, 16), (4, 8, 2), (2, 3, 3))
                                  for bm in ((16, 8) if m > 8 else (16,))]
+                        cfgs += configs.lop3_overlap_variants(cfgs[-3:])  # PDL, L2 prefetch: a short last range too
                     for cfg in cfgs:
                         out = torch.full((m, n), float("nan"), device="cuda", dtype=dt)
                         try:
@@ -94,7 +95,7 @@ def flipped(names):
             setattr(lop3_kernel, a, v)
 
 
-def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
+def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0, overlap_top=configs.LOP3_OVERLAP_TOP):
     pw0, _ = kb.make_packed(n, k, bits, "lop3", "nested", 128, seed=bits)
     fx0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
     lops = [pw0] + [kb.clone_packed(pw0) for _ in range(kb.copies_for(pw0.bytes_read(bits)) - 1)]
@@ -115,8 +116,8 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
         return got
 
     tried = timed(cands)
-    top = sorted(cands, key=lambda c: tried.get(c.key(), float("inf")))[:configs.LOP3_PDL_TOP]
-    tried.update(timed(configs.lop3_pdl_variants(top)))  # as the autotuner: the best few with PDL 1 and 2
+    top = sorted(cands, key=lambda c: tried.get(c.key(), float("inf")))[:overlap_top]
+    tried.update(timed(configs.lop3_overlap_variants(top)))  # as the autotuner: the best few with PDL / L2 prefetch
     cands = [KernelConfig.from_key(c) for c in tried]
     best = min(tried, key=tried.get)
     need = pw0.bytes_read(bits) + 2 * m * k + 2 * m * n
@@ -159,7 +160,7 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0):
     return row, key, KernelConfig.from_key(best)
 
 
-def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, last=None, pdl=0):
+def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, last=None, pdl=0, pf=0):
     """The library's lop3 kernel compiled for sm_90 without a GPU (Triton >= 3.5, with bias; its
     shared window checked at offset 0): the CompiledKernel, .asm["ptx"] / ["sass"] to read."""
     import triton
@@ -174,6 +175,7 @@ def compile_lop3(bits, m, timeline=False, warps=4, stages=4, gps=16, k_parts=1, 
            "CNT": "*i32", "TLB": "*i64"}
     cst = dict(ZCK=float(1 << (bits - 1)) - 0.46875, TWO_D=16.0, ONE_ROW=m == 1, HAS_BIAS=True, TL=timeline,
                LAST=K.LAST_SPLIT_SUMS if last is None else last, PDL=pdl,
+               PF=bool(pf),
                **K.launch_consts(bits, warps, stages, gps, m, k_parts))
     sig = {n: "constexpr" if n in cst else ptr.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -285,17 +287,20 @@ def summarize(rows):
         if len(best) > 1 and 4 in best:
             print(f"{r['shape']} b{r['bits']} m{r['batch']} ring stages, best 4-stage time over best of each: "
                   + ", ".join(f"s{st} {best[4] / v:.3f}x" for st, v in sorted(best.items()) if st != 4), flush=True)
-    pdl = []  # the tuner's PDL round: each form's best launch over the best launch without
+    forms = {(1, 0): "p1", (2, 0): "p2", (0, 1): "pf", (1, 1): "p1+pf", (2, 1): "p2+pf"}
+    pdl = []  # the tuner's overlap round: each form's best launch over the best launch with neither
     for r in rows:
-        by = {0: [], 1: [], 2: []}
+        by = {}
         for c, v in r["tried"].items():
             if c.startswith("lop3"):
-                by[KernelConfig.from_key(c).pdl].append(v)
-        if by[0] and (by[1] or by[2]):
-            pdl.append(f"{r['shape']} b{r['bits']} m{r['batch']} "
-                       + " ".join(f"p{p} {min(by[p]) / min(by[0]):.3f}x" for p in (1, 2) if by[p]))
+                cfg = KernelConfig.from_key(c)
+                by.setdefault((cfg.pdl, cfg.l2_prefetch), []).append(v)
+        if (0, 0) in by and len(by) > 1:
+            pdl.append(f"{r['shape']} b{r['bits']} m{r['batch']} " + " ".join(
+                f"{name} {min(by[f]) / min(by[(0, 0)]):.3f}x" for f, name in forms.items() if f in by))
     if pdl:
-        print("PDL, best launch with it over best without: " + ", ".join(pdl), flush=True)
+        print("PDL (p1, p2) and the L2 prefetch (pf), best launch with each over best with neither: " + ", ".join(pdl),
+              flush=True)
     pairs, same = [], []  # lop3_h100g.json (commit f1df942's cluster launches, key part c1): the best cluster launch's time
     # over the best global split-K launch
     for r in rows:
@@ -366,6 +371,9 @@ def main():
                     "then the same launches as they are again; "
                     "--ab alone: BLOCK_OFFSETS")
     ap.add_argument("--ab-top", type=int, default=0, help="--ab: only the N best launches of a point (0: all)")
+    ap.add_argument("--overlap-top", type=int, default=configs.LOP3_OVERLAP_TOP,
+                    help="time this many best launches of a point again with PDL 1 and 2 and the L2 prefetch, alone "
+                    "and together (the autotuner: %(default)s)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
@@ -396,7 +404,7 @@ def main():
         n, k = (int(v) for v in shape.split("x"))
         for bits in (int(b) for b in args.bits.split(",")):
             for m in (int(b) for b in args.batches.split(",")):
-                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache, args.ab, args.ab_top)
+                row, key, cfg = time_point(n, k, bits, m, bw, fp16_cache, args.ab, args.ab_top, args.overlap_top)
                 rows.append(row)
                 tuned[key] = cfg.__dict__.copy()
                 print(f"{shape:>11} b{bits} m{m:<3} lop3 {row['us']:8.2f} µs ({row['pct_copy']:5.1f} %) "

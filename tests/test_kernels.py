@@ -236,9 +236,17 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
     lop3 = KernelConfig.from_key("lop3:bm16:bn16:sk1:w8:s4:ku8")
     assert lop3.k_unroll == 8 and KernelConfig.from_key(lop3.key()) == lop3
     lop3s = configs.lop3_candidates(4096, 112, 1, 132, bits=2)
-    pdls = configs.lop3_pdl_variants(lop3s[:3])
-    assert [c.pdl for c in pdls] == [1, 2] * 3 and all(KernelConfig.from_key(c.key()) == c for c in pdls)
-    assert [replace(c, pdl=0) for c in pdls[::2]] == lop3s[:3] and configs.lop3_pdl_variants(pdls) == []
+    overlap = configs.lop3_overlap_variants(lop3s[:3])  # per launch: p1, p2, pf, p1+pf, p2+pf
+    assert [(c.pdl, c.l2_prefetch) for c in overlap] == [(1, 0), (2, 0), (0, 1), (1, 1), (2, 1)] * 3
+    assert all(KernelConfig.from_key(c.key()) == c for c in overlap)
+    assert [replace(c, pdl=0, l2_prefetch=0) for c in overlap[::5]] == lop3s[:3]
+    assert configs.lop3_overlap_variants(overlap) == []
+    assert configs.lop3_overlap_variants(lop3s[:3], l2_prefetch=False) == [c for c in overlap if not c.l2_prefetch]
+    assert overlap[4].key().endswith(":p2:pf1") and KernelConfig.from_key("lop3:bm16:bn64:sk4:w4:s4:pf1").l2_prefetch
+    with pytest.raises(ValueError, match="l2_prefetch=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"):
+        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:pf1")
+    with pytest.raises(ValueError, match="l2_prefetch=2 with kind='lop3'"):
+        KernelConfig.from_key("lop3:bm16:bn64:sk1:w4:s4:pf2")
     with pytest.raises(ValueError, match="pdl=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"):
         KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:p1")
     with pytest.raises(ValueError, match="pdl=3 with kind='lop3'"):
@@ -255,8 +263,9 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
 
 def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):
     """dispatch._autotune with made-up timings (no GPU): every candidate timed once, one that fails
-    skipped, then the LOP3_PDL_TOP best lop3 launches again with pdl 1 and 2, and the fastest of all
-    chosen, as an exhaustive min over the same made-up times says; the fixed layout gets no PDL round."""
+    skipped, then the LOP3_OVERLAP_TOP best lop3 launches again with pdl 1 and 2 and the L2
+    prefetch, alone and together, and the fastest of all chosen, as an exhaustive min over the same
+    made-up times says; the fixed layout gets no such round."""
     import triton.testing
     from types import SimpleNamespace
 
@@ -264,7 +273,8 @@ def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):
 
     def made_up(cfg):  # deterministic, uneven, PDL 2 faster on some launches and slower on others
         t = 10 + (cfg.split_k * 7 + cfg.num_warps * 3 + cfg.num_stages + 5 * cfg.k_unroll) % 11
-        return t * {0: 1.0, 1: 1.04, 2: 0.93 if cfg.split_k % 2 else 1.08}[cfg.pdl]
+        t *= {0: 1.0, 1: 1.04, 2: 0.93 if cfg.split_k % 2 else 1.08}[cfg.pdl]
+        return t * (0.97 if cfg.l2_prefetch and cfg.num_warps == 4 else 1.02 if cfg.l2_prefetch else 1.0)
 
     ran = []
     monkeypatch.setattr(dispatch, "run_config", lambda cfg, *a: ran.append(cfg))
@@ -281,17 +291,23 @@ def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):
     pw = SimpleNamespace(layout="lop3", n=4096, k=14336)
     cands = configs.lop3_candidates(4096, 112, 1, 4, 2)
     failing = min(cands, key=made_up)  # the fastest base launch does not run: the tuner must skip it
+    monkeypatch.setattr(configs, "LOP3_TUNE_L2_PREFETCH", True)
     chosen = dispatch._autotune(x2, pw, 2, None)
     ok = [c for c in cands if c != failing]
-    top = sorted(ok, key=made_up)[:configs.LOP3_PDL_TOP]
-    tried = ok + [replace(c, pdl=p) for c in top for p in (1, 2)]
+    top = sorted(ok, key=made_up)[:configs.LOP3_OVERLAP_TOP]
+    tried = ok + [replace(c, pdl=p, l2_prefetch=f) for c in top for f in (0, 1) for p in (0, 1, 2) if p or f]
     assert ran == cands + tried[len(ok):]
-    assert chosen == min(tried, key=made_up) and chosen.pdl == 2
+    assert chosen == min(tried, key=made_up) and chosen.pdl == 2 and chosen.l2_prefetch == (chosen.num_warps == 4)
+    ran.clear()  # with the L2 prefetch left out of the round (LOP3_TUNE_L2_PREFETCH, off until checked on a GPU)
+    monkeypatch.setattr(configs, "LOP3_TUNE_L2_PREFETCH", False)
+    chosen = dispatch._autotune(x2, pw, 2, None)
+    tried = ok + [replace(c, pdl=p) for c in top for p in (1, 2)]
+    assert ran == cands + tried[len(ok):] and chosen == min(tried, key=made_up)
     ran.clear()
     pw = SimpleNamespace(layout="fixed", n=4096, k_tiles=112)
     failing = None
     chosen = dispatch._autotune(x2, pw, 4, None)
-    assert ran == configs.candidates(4096, 112, 1, 4, True, 4) and not any(c.pdl for c in ran)
+    assert ran == configs.candidates(4096, 112, 1, 4, True, 4) and not any(c.pdl or c.l2_prefetch for c in ran)
     assert chosen == min(ran, key=made_up)
 
 

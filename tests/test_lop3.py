@@ -394,12 +394,13 @@ def test_lop3_kernel_on_gpu(m, bits):
         assert torch.isfinite(out).all()
         assert ((out.double().cpu() - ref).norm() / ref.norm()).item() < 1e-3
         # the same bits with programmatic dependent launch (the weights' first groups copied before
-        # the wait, the next launch let start at the start or after the loop), twice in a row
-        for pdl in (1, 2):
+        # the wait, the next launch let start at the start or after the loop) and / or the L2
+        # prefetch of the rest of each warp's groups, twice in a row
+        for pdl, pf in ((1, 0), (2, 0), (0, 1), (1, 1), (2, 1)):
             other = torch.full_like(out, float("nan"))
-            run_config(replace(cfg, pdl=pdl), x, pw, bits, other, None)
-            run_config(replace(cfg, pdl=pdl), x, pw, bits, other, None)
-            assert torch.equal(out, other), pdl
+            run_config(replace(cfg, pdl=pdl, l2_prefetch=pf), x, pw, bits, other, None)
+            run_config(replace(cfg, pdl=pdl, l2_prefetch=pf), x, pw, bits, other, None)
+            assert torch.equal(out, other), (pdl, pf)
         # and with each switch of the kernel flipped: the offset mma per group (batch 1), the split-K
         # sum by the last to arrive
         for switch in ("BLOCK_OFFSETS", "LAST_SPLIT_SUMS"):
@@ -460,12 +461,17 @@ sys.path.insert(0, sys.argv[1])
 from lop3 import compile_lop3
 
 out = []
-for bits, m, tl, st, ku, sw in ((2, 1, False, 4, 1, 1), (3, 1, False, 3, 1, 1), (3, 9, False, 4, 1, 1),
-                                (4, 16, False, 4, 1, 1), (2, 1, True, 4, 1, 1), (3, 1, False, 4, 4, 1),
-                                (4, 9, False, 4, 2, 1), (2, 1, False, 4, 1, 0), (2, 1, False, 4, 1, 2)):
-    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=sw).asm["ptx"]
+for bits, m, tl, st, ku, sw, pf in ((2, 1, False, 4, 1, 1, 0), (3, 1, False, 3, 1, 1, 0), (3, 9, False, 4, 1, 1, 0),
+                                    (4, 16, False, 4, 1, 1, 0), (2, 1, True, 4, 1, 1, 0), (3, 1, False, 4, 4, 1, 0),
+                                    (4, 9, False, 4, 2, 1, 0), (2, 1, False, 4, 1, 0, 0), (2, 1, False, 4, 1, 2, 0),
+                                    (2, 1, False, 4, 1, 0, 1), (2, 1, False, 4, 1, 2, 1), (3, 1, False, 4, 4, 1, 1)):
+    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=sw, pf=pf).asm["ptx"]
     wait = ptx.find("griddepcontrol.wait")
-    out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, sw=sw, atom=ptx.count("atom.global"),
+    bulk = ptx.find("cp.async.bulk.prefetch.L2")
+    out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, sw=sw, pf=pf, bulk=ptx.count("cp.async.bulk.prefetch.L2"),
+                    l2pf=ptx.count("prefetch.global.L2"),
+                    pf_between=0 <= ptx.find("cp.async.cg.shared.global") < bulk < (wait if wait >= 0 else len(ptx)),
+                    atom=ptx.count("atom.global"),
                     mma=ptx.count("mma.sync"), cp_async=ptx.count("cp.async.cg.shared.global"),
                     timer=ptx.count("%globaltimer"), shfl=ptx.count("shfl.sync"), parts=ptx.count("st.shared.v4.f32"),
                     acquire=ptx.count("ld.acquire.gpu"), griddep=ptx.count("griddepcontrol."),
@@ -500,9 +506,13 @@ def test_lop3_kernel_compiles_for_sm90():
     assert res.returncode == 0, res.stderr[-3000:]
     from matgptq.kernels.lop3_kernel import block_offsets
 
-    got = {(r["bits"], r["m"], r["tl"], r["ku"], r["sw"]): r for r in json.loads(res.stdout.strip().splitlines()[-1])}
-    for (bits, m, tl, ku, sw), r in got.items():
+    got = {(r["bits"], r["m"], r["tl"], r["ku"], r["sw"], r["pf"]): r
+           for r in json.loads(res.stdout.strip().splitlines()[-1])}
+    for (bits, m, tl, ku, sw, pf), r in got.items():
         assert r["atom"] > 0 and r["cp_async"] > 0, r
+        # the L2 prefetch: one bulk prefetch and one scale prefetch loop, after the ring's first copies
+        # and (PDL) before the wait, only when asked for
+        assert r["bulk"] == r["l2pf"] == pf and r["pf_between"] == bool(pf), r
         # the last split's wait for the count (LAST_SPLIT_SUMS), the two griddepcontrol (PDL), only when
         # on; the first weight copies before the wait; PDL 2 lets the next launch start after the loop
         assert r["acquire"] == bool(sw) and r["griddep"] == 2 * bool(sw) and r["copies_first"] == bool(sw), r
@@ -513,12 +523,16 @@ def test_lop3_kernel_compiles_for_sm90():
         else:  # the unrolled groups, 16 mmas each (and the batch half)
             assert r["mma"] == r["stages"] * 16 * (2 if m > 8 else 1) and r["shfl"] == 0, r
         assert r["timer"] == (4 if tl else 0), r  # the timeline's four phase stamps, only when asked for
-    assert {k: v for k, v in got[(2, 1, True, 1, 1)].items() if k not in ("tl", "timer")} == \
-        {k: v for k, v in got[(2, 1, False, 1, 1)].items() if k not in ("tl", "timer")}
+    assert {k: v for k, v in got[(2, 1, True, 1, 1, 0)].items() if k not in ("tl", "timer")} == \
+        {k: v for k, v in got[(2, 1, False, 1, 1, 0)].items() if k not in ("tl", "timer")}
     switched = ("sw", "acquire", "griddep", "atom", "copies_first", "dependents_last")
     for sw in (1, 2):
-        assert {k: v for k, v in got[(2, 1, False, 1, 0)].items() if k not in switched} == \
-            {k: v for k, v in got[(2, 1, False, 1, sw)].items() if k not in switched}
+        assert {k: v for k, v in got[(2, 1, False, 1, 0, 0)].items() if k not in switched} == \
+            {k: v for k, v in got[(2, 1, False, 1, sw, 0)].items() if k not in switched}
+    prefetched = ("pf", "bulk", "l2pf", "pf_between")
+    for key in ((2, 1, False, 1, 0), (2, 1, False, 1, 2), (3, 1, False, 4, 1)):
+        assert {k: v for k, v in got[key + (0,)].items() if k not in prefetched} == \
+            {k: v for k, v in got[key + (1,)].items() if k not in prefetched}
     assert block_offsets(1, 4) and not block_offsets(1, 3) and not block_offsets(2, 4)
 
 
@@ -563,7 +577,9 @@ def test_benchmark_summary_lines(capsys):
     finally:
         sys.path.remove(str(bench))
     tried = {"lop3:bm16:bn64:sk8:w4:s4": 10.0, "lop3:bm16:bn64:sk7:w4:s4": 10.5, "lop3:bm16:bn64:sk8:w4:s4:p1": 11.0,
-             "lop3:bm16:bn64:sk7:w4:s4:p2": 9.0, "gemm:bm16:bn64:sk1:w4:s1": 8.0}
+             "lop3:bm16:bn64:sk7:w4:s4:p2": 9.0, "lop3:bm16:bn64:sk8:w4:s4:pf1": 9.5,
+             "lop3:bm16:bn64:sk8:w4:s4:p2:pf1": 8.6, "lop3:bm16:bn64:sk7:w4:s4:p2:pf1": 9.2,
+             "gemm:bm16:bn64:sk1:w4:s1": 8.0}
     row = dict(shape="4096x14336", bits=2, batch=1, us=9.0, config="lop3:bm16:bn64:sk7:w4:s4:p2", fixed_us=12.0,
                speedup_vs_fixed=12.0 / 9.0, fp16_us=45.0, deq_cublas_us=None, lop3_dequant_us=None, pct_copy=60.0,
                tried=tried)
@@ -571,4 +587,5 @@ def test_benchmark_summary_lines(capsys):
     out = capsys.readouterr().out
     assert "A1 misses (the time the target needs, from the run's bytes and copy bandwidth): " \
            "['4096x14336 b2 9.00 us, 8.31 at 65 %']" in out  # 9.00 * 60 / 65 = 8.307...; 4 bits passes
-    assert "PDL, best launch with it over best without: 4096x14336 b2 m1 p1 1.100x p2 0.900x\n" in out
+    assert "PDL (p1, p2) and the L2 prefetch (pf), best launch with each over best with neither: " \
+           "4096x14336 b2 m1 p1 1.100x p2 0.900x pf 0.950x p2+pf 0.860x\n" in out

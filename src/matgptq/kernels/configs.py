@@ -21,7 +21,9 @@ MMA_MAX_M = 16  # the warp-level mma kernel: batch rows are the eight columns of
 DOT_MAX_M = 256  # heuristic: fused tensor-core kernel up to this batch, dequantize + cuBLAS above
 KINDS = ("mma", "gemv", "gemm", "cublas", "lop3")
 LOP3_MAX_M = 32  # the lop3 layout's Gluon kernel: up to 16 rows a launch, two launches up to 32
-LOP3_PDL_TOP = 4  # the autotuner times this many best lop3 launches again with programmatic dependent launch
+LOP3_OVERLAP_TOP = 4  # the autotuner times this many best lop3 launches again with PDL and / or the L2 prefetch
+# whether the autotuner's round tries the L2 prefetch: not yet run on a GPU (benchmarks/lop3.py times and checks it)
+LOP3_TUNE_L2_PREFETCH = False
 LOP3_SHARED = 96 * 1024  # shared bytes a lop3 program may take (rings + its activations)
 
 
@@ -38,6 +40,7 @@ class KernelConfig:
     max_regs: int = 0  # registers per thread the compiler may use (0: its choice); fewer -> more warps per SM
     units_outer: int = 0  # mma: 1 runs a k-tile's units in the outer loop, its byte lanes inside (fewer registers)
     pdl: int = 0  # lop3: programmatic dependent launch, the next launch let start 1 at the start, 2 after the loop
+    l2_prefetch: int = 0  # lop3: 1 prefetches each warp's weights past its ring's first groups into L2 at the start
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -66,6 +69,10 @@ class KernelConfig:
             raise ValueError(f"pdl={self.pdl} with kind={self.kind!r}: programmatic dependent launch is the 'lop3' "
                              "kernel's; use 0, or 1 (the next launch may start once all programs have started) or 2 "
                              "(once all have finished their group loop) with kind='lop3'")
+        if self.l2_prefetch not in (0, 1) or (self.l2_prefetch and self.kind != "lop3"):
+            raise ValueError(f"l2_prefetch={self.l2_prefetch} with kind={self.kind!r}: the L2 prefetch is the 'lop3' "
+                             "kernel's; use 0, or 1 (each warp's weights past its ring's first groups prefetched into "
+                             "L2 when the program starts) with kind='lop3'")
         if self.max_regs and not (self.max_regs % 8 == 0 and 32 <= self.max_regs <= 255):
             raise ValueError(f"max_regs={self.max_regs}; use 0 (the compiler's choice) or a multiple of 8 in 32..255")
 
@@ -74,6 +81,7 @@ class KernelConfig:
         ku += f":r{self.max_regs}" if self.max_regs else ""
         ku += f":u{self.units_outer}" if self.units_outer else ""
         ku += f":p{self.pdl}" if self.pdl else ""
+        ku += f":pf{self.l2_prefetch}" if self.l2_prefetch else ""
         return f"{self.kind}:bm{self.bm}:bn{self.bn}:sk{self.split_k}:w{self.num_warps}:s{self.num_stages}{ku}"
 
     @classmethod
@@ -81,7 +89,7 @@ class KernelConfig:
         """The inverse of :meth:`key` ("mma:bm8:bn64:sk4:w8:s1:ku2:r128", or just "cublas")."""
         kind, *parts = key.split(":")
         names = {"bm": "bm", "bn": "bn", "sk": "split_k", "w": "num_warps", "s": "num_stages", "ku": "k_unroll",
-                 "r": "max_regs", "u": "units_outer", "p": "pdl"}
+                 "r": "max_regs", "u": "units_outer", "p": "pdl", "pf": "l2_prefetch"}
         fields = {}
         for p in parts:
             name = p.rstrip("0123456789")
@@ -267,12 +275,14 @@ def lop3_candidates(n: int, groups: int, m: int, sms: int, bits: int, kernel: bo
     return list(dict.fromkeys(out)) or [lop3_heuristic(n, groups, m, sms, bits, kernel)]
 
 
-def lop3_pdl_variants(best: list[KernelConfig]) -> list[KernelConfig]:
+def lop3_overlap_variants(best: list[KernelConfig], l2_prefetch: bool = True) -> list[KernelConfig]:
     """The autotuner's second round on the lop3 layout: its best lop3-kernel launches again with
-    programmatic dependent launch, 1 and 2 (H100, batch 1, 4096x14336 at 2-4 bits: 0.93-0.99x the
-    time with 2, 0.94-1.13x with 1; an earlier form 0.91-1.22x launch by launch), so it is tuned per
-    point, not on by default."""
-    return [replace(c, pdl=p) for c in best if c.kind == "lop3" and not c.pdl for p in (1, 2)]
+    what overlaps a launch's loads with the launch before, each alone and together: programmatic
+    dependent launch 1 and 2 (H100, batch 1, 4096x14336 at 2-4 bits: 0.93-0.99x the time with 2,
+    0.94-1.13x with 1; an earlier form 0.91-1.22x launch by launch) and the L2 prefetch. Tuned per
+    point, since neither helps everywhere. Without ``l2_prefetch``, PDL alone."""
+    return [replace(c, pdl=p, l2_prefetch=f) for c in best if c.kind == "lop3" and not (c.pdl or c.l2_prefetch)
+            for f in ((0, 1) if l2_prefetch else (0,)) for p in (0, 1, 2) if p or f]
 
 
 _tuned: dict[str, KernelConfig] = {}

@@ -239,7 +239,7 @@ def launch_lop3(x2: torch.Tensor, pw: PackedWeight, bits: int, out: torch.Tensor
     for r0 in range(0, x2.shape[0], per):
         lop3_kernel.launch_lop3(x2[r0:r0 + per], pw.qweight, pw.scales, pw.n, pw.k, bits, two_d, zb,
                                 out[r0:r0 + per], bias, ws, cnt, cfg.num_warps, cfg.num_stages, cfg.split_k,
-                                timeline, cfg.k_unroll, cfg.pdl)
+                                timeline, cfg.k_unroll, cfg.pdl, cfg.l2_prefetch)
     return out
 
 
@@ -378,8 +378,9 @@ def _autotune(x2, pw, bits, bias) -> KernelConfig:
             except Exception:  # a candidate that does not compile or fit is skipped
                 pass
     bench(cands)
-    if pw.layout == "lop3":  # then the best few with programmatic dependent launch
-        bench(configs.lop3_pdl_variants(sorted(timed, key=timed.get)[:configs.LOP3_PDL_TOP]))
+    if pw.layout == "lop3":  # then the best few with programmatic dependent launch and / or the L2 prefetch
+        bench(configs.lop3_overlap_variants(sorted(timed, key=timed.get)[:configs.LOP3_OVERLAP_TOP],
+                                            configs.LOP3_TUNE_L2_PREFETCH))
     best = min(timed, key=timed.get, default=None)
     if pw.layout == "lop3":
         return best or configs.lop3_heuristic(pw.n, pw.k // 128, m, _sms(x2.device), bits, lop3_supported(x2, pw))

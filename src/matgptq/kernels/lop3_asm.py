@@ -193,6 +193,19 @@ def sum_parts_asm(ku, tw):
 
 
 @constexpr_function
+def prefetch_asm():
+    """Into L2, for the warp's row tile (element 0 of each lane's four): lane 0 the $8 bytes of
+    codes at $4 by one bulk prefetch (none when $8 <= 0), then lane l the 32 scale bytes of groups
+    l, l + 32, .. < $16 from $12, $20 bytes apart. Hints only: no register or shared memory is
+    written, so the output is the same with or without. $0-3 zero; ``${:uid}`` labels the loop."""
+    return ("{ .reg .pred p, q; .reg .u32 l, j; .reg .u64 a; mov.u32 l, %laneid; setp.eq.u32 p, l, 0; "
+            "setp.gt.s32 q, $8, 0; and.pred p, p, q; @p cp.async.bulk.prefetch.L2.global [$4], $8; mov.u32 j, l; "
+            "pf_${:uid}: setp.lt.s32 q, j, $16; @!q bra pfd_${:uid}; mad.wide.u32 a, j, $20, $12; "
+            "prefetch.global.L2 [a]; add.u32 j, j, 32; bra pf_${:uid}; pfd_${:uid}: mov.u32 $0, 0; mov.u32 $1, 0; "
+            "mov.u32 $2, 0; mov.u32 $3, 0; }")
+
+
+@constexpr_function
 def wait_count_asm():
     """Spin until the u32 at [$4] is at least $8 (acquire loads, GPU scope); $0-3 zero. ``${:uid}``
     gives each copy of the asm its own label."""

@@ -6,7 +6,8 @@ them up in order); with KU > 1 ("k parts") a tile's KU warps each take a consecu
 program's range and their sums meet in shared memory. Every thread copies its own 16-byte pieces of group G's codes and its 4-byte scale pair
 with inline-PTX ``cp.async`` into slot G % STAGES of a private ring in shared memory, STAGES - 1
 groups ahead, waits on its own copy groups and reads back only what it copied, so no barrier is
-needed in the loop. The program's activations are copied into shared memory once, at the start
+needed in the loop (with PF, a launch's ``l2_prefetch``, each warp also prefetches the rest of its
+groups into L2 at the start: its codes by one bulk prefetch, the scales a group a lane). The program's activations are copied into shared memory once, at the start
 (one barrier), 288 bytes per batch row (16 bytes of padding after each half row, so that one
 16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
 batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
@@ -331,6 +332,17 @@ if gluon is not None:
                                          is_pure=False, pack=1)
 
     @gluon.jit
+    def prefetch_l2(Q, S, ta, G, g1, NG, SP, z, BLK: gl.constexpr):
+        """Groups G .. g1 - 1 of each warp's row tile into L2 (lop3_asm.prefetch_asm): the codes,
+        contiguous in the layout, by one bulk prefetch a warp, the scales a group a lane; z: zeros
+        of the lanes' shape."""
+        n = gl.maximum(z + g1 - G, 0)
+        codes = (Q + (ta.to(gl.int64) * NG + G) * BLK + z).to(gl.int64)
+        return gl.inline_asm_elementwise(A.prefetch_asm(), "=r,=r,=r,=r" + ",l" * 4 + ",r" * 4 + ",l" * 4 + ",r" * 8,
+                                         [codes, n * (BLK * 4), (S + ta * 16 + G * SP + z).to(gl.int64), n,
+                                          z + SP * 2], dtype=gl.int32, is_pure=False, pack=4)
+
+    @gluon.jit
     def stamp(TLB, pid, PH: gl.constexpr, TL: gl.constexpr):
         """TL (the timeline, benchmarks/lop3_timeline.py): thread 0 writes %globaltimer (ns) and
         %clock64 at phase PH of program pid to TLB[pid, PH] (phase 0 also %smid at TLB[pid, 4])."""
@@ -377,7 +389,7 @@ if gluon is not None:
                     STAGES: gl.constexpr, GMAX: gl.constexpr, XR: gl.constexpr, SOFF: gl.constexpr,
                     XOFF: gl.constexpr, WORDS: gl.constexpr, HAS_BIAS: gl.constexpr, TWO_D: gl.constexpr,
                     XS: gl.constexpr, HB: gl.constexpr, OB: gl.constexpr, KU: gl.constexpr, TLB, TL: gl.constexpr,
-                    LAST: gl.constexpr, PDL: gl.constexpr):
+                    LAST: gl.constexpr, PDL: gl.constexpr, PF: gl.constexpr):
         """NW warps, one row tile each, groups GPS * pid_k .. of the K axis (see the module doc); the
         weight is TWO_D · s · (k - ZCK). The loop is unrolled STAGES times, so every ring address is
         the thread's base plus a constant. OB (batch 1, STAGES dividing 8): unrolled eight times,
@@ -387,7 +399,8 @@ if gluon is not None:
         warps a tile, each a consecutive part of the program's K range (GPW groups); their sums
         meet in shared memory, not in the split-K workspace. TL: phase timestamps into TLB (see
         stamp). PDL 1 / 2: the first weight groups copied before griddepcontrol.wait, the dependents
-        let start after it / after the group loop."""
+        let start after it / after the group loop. PF: each warp's groups past the ring's first
+        ones prefetched into L2 right after those copies (prefetch_l2)."""
         LY: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
         L1: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
         NT: gl.constexpr = 32 * NW
@@ -423,6 +436,8 @@ if gluon is not None:
             x_block(X, stride_xm, M, g0, g1, XOFF, GMAX, XR, NT, L1, XS)
         for i in gl.static_range(STAGES - 1):  # PDL: before the wait (no launch writes the weights), so they
             issue(Q, S, qo, qb, so, gw0 + i, gw1, SP, bases, BLK, BITS, STAGES, NT, i)  # load as the last one ends
+        if PF:  # the rest of the range into L2 (before the wait with PDL: while the launch before ends)
+            prefetch_l2(Q, S, ta, gw0 + (STAGES - 1), gw1, NG, SP, so * 0, BLK)
         if PDL == 0:
             wait_copies(STAGES - 1, e)  # the activation block has landed, for this thread
         else:
@@ -544,15 +559,18 @@ def _quads_on(device: torch.device, bits: int) -> torch.Tensor:
 def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: int, k: int, bits: int,
                 two_d: float, zb: float, out: torch.Tensor, bias: torch.Tensor | None, ws: torch.Tensor,
                 cnt: torch.Tensor, warps: int, stages: int, split_k: int,
-                timeline: torch.Tensor | None = None, k_parts: int = 1, pdl: int = 0) -> torch.Tensor:
+                timeline: torch.Tensor | None = None, k_parts: int = 1, pdl: int = 0,
+                l2_prefetch: int = 0) -> torch.Tensor:
     """out = x2 · Ŵᵀ (+ bias), Ŵ = s · (k · 2^d - z_b), for M <= 16 fp16 rows (``scales``:
     lop3_pack.pad_scales). ``ws`` / ``cnt``: the split-K workspace (split · M · N floats) and
     N / (16 · warps / k_parts) zeroed counters (the kernel leaves them zero). ``k_parts``: warps
     a row tile, each on a part of the program's K range. ``pdl``: programmatic dependent launch,
     0 none, 1 the next launch may start once all programs have started, 2 once all have finished
     their group loop; with 1 or 2 the programs load their first weight groups before waiting for
-    the launch before (unless MATGPTQ_LOP3_PDL=0). ``timeline``: int64 [programs, 10] to
-    receive each program's phase timestamps (:func:`timeline_programs`)."""
+    the launch before (unless MATGPTQ_LOP3_PDL=0). ``l2_prefetch``: 1 prefetches each warp's
+    groups past its ring's first ones into L2 at the start (before the wait, with pdl): a hint,
+    the output is the same. ``timeline``: int64 [programs, 10] to receive each program's phase
+    timestamps (:func:`timeline_programs`)."""
     if x2.shape[0] > MAX_M or x2.dtype != torch.float16:
         raise ValueError(f"the lop3 kernel takes at most {MAX_M} fp16 rows a launch, not {x2.dtype} x "
                          f"{tuple(x2.shape)}; call matgptq.kernels.dispatch.quant_matmul, which serves larger "
@@ -567,7 +585,8 @@ def launch_lop3(x2: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, n: 
                           bias if bias is not None else out, ws, cnt, m, n, scales.shape[1], ng, gps, split,
                           ZCK=float(zb / two_d), TWO_D=float(two_d), ONE_ROW=m == 1, HAS_BIAS=bias is not None,
                           TLB=timeline if timeline is not None else cnt, TL=timeline is not None, num_warps=warps,
-                          LAST=LAST_SPLIT_SUMS, PDL=pdl if PDL else 0, launch_pdl=bool(pdl and PDL), **cst)
+                          LAST=LAST_SPLIT_SUMS, PDL=pdl if PDL else 0, PF=bool(l2_prefetch),
+                          launch_pdl=bool(pdl and PDL), **cst)
     check_window(h)
     return out
 
