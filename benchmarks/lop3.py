@@ -96,6 +96,11 @@ def flipped(names):
             setattr(lop3_kernel, a, v)
 
 
+def median_of(n, calls):
+    """The median of ``n`` separate CUDA graphs of ``calls`` (kernel_bench.graph_time each), µs a call."""
+    return statistics.median(kb.graph_time(calls) for _ in range(n))
+
+
 def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0, overlap_top=configs.LOP3_OVERLAP_TOP):
     pw0, _ = kb.make_packed(n, k, bits, "lop3", "nested", 128, seed=bits)
     fx0, _ = kb.make_packed(n, k, bits, "fixed", "nested", 128, seed=bits)
@@ -135,12 +140,10 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0, overlap_top=confi
         variants[combo] = dict(us=got[vb], config=vb, pct_copy=round(100 * need / (got[vb] * 1e-6) / bw, 1),
                                base_again_us=min(again.values()), tried=got)
     fcfg = choose_config(x, fx0, bits)
-    fixed_t = statistics.median(kb.graph_time([lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None)
-                                               for p, o in zip(fixs, outs)]) for _ in range(3))
+    fixed_t = median_of(3, [lambda p=p, o=o: run_config(fcfg, x, p, bits, o, None) for p, o in zip(fixs, outs)])
     if (n, k, m) not in fp16_cache:
         w16 = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(kb.copies_for(2 * n * k))]
-        fp16_cache[(n, k, m)] = statistics.median(kb.graph_time([lambda w=w: F.linear(x, w) for w in w16])
-                                                  for _ in range(3))
+        fp16_cache[(n, k, m)] = median_of(3, [lambda w=w: F.linear(x, w) for w in w16])
     tdq = tdq_lop3 = None
     if m >= 32:  # the library's dequantize + cuBLAS, fixed layout (the issue's bar) and lop3
         buf = torch.empty(n, k, device="cuda", dtype=torch.float16)
@@ -152,9 +155,7 @@ def time_point(n, k, bits, m, bw, fp16_cache, ab=(), ab_top=0, overlap_top=confi
         tdq_lop3 = kb.graph_time([lambda p=p: dequantize_triton(p, bits, torch.float16, buf) for p in lops[:4]])
     # as kernel_bench.py: the winner again in two more graphs, its time the median of the three (the
     # search's minimum over many launches alone leans to the lucky ones)
-    again = [kb.graph_time([lambda p=p, o=o, c=KernelConfig.from_key(best): run_config(c, x, p, bits, o, None)
-                            for p, o in zip(lops, outs)]) for _ in range(2)]
-    t = round(statistics.median([tried[best]] + again), 2)
+    t = statistics.median([tried[best]] + [timed([KernelConfig.from_key(best)])[best] for _ in range(2)])
     row = dict(shape=f"{n}x{k}", bits=bits, batch=m, us=t, search_us=tried[best], config=best, fixed_us=round(fixed_t, 2),
                fixed_config=fcfg.key(), speedup_vs_fixed=round(fixed_t / t, 3), fp16_us=round(fp16_cache[(n, k, m)], 2),
                deq_cublas_us=None if tdq is None else round(tdq, 2),
@@ -384,6 +385,9 @@ def main():
     ap.add_argument("--tag", default="h200")
     args = ap.parse_args()
     args.ab = ["BLOCK_OFFSETS"] if args.ab == [] else args.ab or []
+    if args.overlap_top < 0 or args.ab_top < 0:
+        raise SystemExit(f"--overlap-top {args.overlap_top} --ab-top {args.ab_top}: each takes a count of launches, "
+                         "0 or more (--ab-top 0: all of them)")
     bad = sorted({n for c in args.ab for n in c.split("+")} - {"BLOCK_OFFSETS", "LAST_SPLIT_SUMS", "PDL"})
     if bad:
         raise SystemExit(f"--ab {' '.join(args.ab)}: unknown switch {', '.join(bad)}; the lop3 kernel's switches are "

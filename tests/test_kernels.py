@@ -243,22 +243,18 @@ def test_config_keys_round_trip_and_bad_configs_are_refused():
     assert configs.lop3_overlap_variants(overlap) == []
     assert configs.lop3_overlap_variants(lop3s[:3], l2_prefetch=False) == [c for c in overlap if not c.l2_prefetch]
     assert overlap[4].key().endswith(":p2:pf1") and KernelConfig.from_key("lop3:bm16:bn64:sk4:w4:s4:pf1").l2_prefetch
-    with pytest.raises(ValueError, match="l2_prefetch=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"):
-        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:pf1")
-    with pytest.raises(ValueError, match="l2_prefetch=2 with kind='lop3'"):
-        KernelConfig.from_key("lop3:bm16:bn64:sk1:w4:s4:pf2")
-    with pytest.raises(ValueError, match="pdl=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"):
-        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:p1")
-    with pytest.raises(ValueError, match="pdl=3 with kind='lop3'"):
-        KernelConfig.from_key("lop3:bm16:bn64:sk1:w4:s4:p3")
-    with pytest.raises(ValueError, match="max_regs=100; use 0 .* multiple of 8 in 32..255"):
-        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s1:r100")
-    with pytest.raises(ValueError, match="units_outer=1 with kind='gemm': it orders the mma kernel's"):
-        KernelConfig.from_key("gemm:bm16:bn64:sk1:w4:s1:u1")
-    with pytest.raises(ValueError, match="num_stages=4 with kind='mma': use 1 .*, 2 or 3"):
-        KernelConfig.from_key("mma:bm8:bn64:sk1:w4:s4")
-    with pytest.raises(ValueError, match="kind='mmx'; use one of mma, gemv, gemm, cublas"):
-        KernelConfig.from_key("mmx:bm8:bn64:sk1:w4:s1")  # before: run_config served it with cuBLAS
+    refusals = (("mma:bm8:bn64:sk1:w4:s1:pf1", "l2_prefetch=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"),
+                ("lop3:bm16:bn64:sk1:w4:s4:pf2", "l2_prefetch=2 with kind='lop3'"),
+                ("mma:bm8:bn64:sk1:w4:s1:p1", "pdl=1 with kind='mma'.*use 0, or 1 .* with kind='lop3'"),
+                ("lop3:bm16:bn64:sk1:w4:s4:p3", "pdl=3 with kind='lop3'"),
+                ("mma:bm8:bn64:sk1:w4:s1:r100", "max_regs=100; use 0 .* multiple of 8 in 32..255"),
+                ("gemm:bm16:bn64:sk1:w4:s1:u1", "units_outer=1 with kind='gemm': it orders the mma kernel's"),
+                ("mma:bm8:bn64:sk1:w4:s4", "num_stages=4 with kind='mma': use 1 .*, 2 or 3"),
+                # before: run_config served an unknown kind with cuBLAS
+                ("mmx:bm8:bn64:sk1:w4:s1", "kind='mmx'; use one of mma, gemv, gemm, cublas"))
+    for key, msg in refusals:
+        with pytest.raises(ValueError, match=msg):
+            KernelConfig.from_key(key)
 
 
 def test_autotuner_times_the_best_lop3_launches_again_with_pdl(monkeypatch):

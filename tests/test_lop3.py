@@ -465,11 +465,13 @@ for bits, m, tl, st, ku, sw, pf in ((2, 1, False, 4, 1, 1, 0), (3, 1, False, 3, 
                                     (4, 16, False, 4, 1, 1, 0), (2, 1, True, 4, 1, 1, 0), (3, 1, False, 4, 4, 1, 0),
                                     (4, 9, False, 4, 2, 1, 0), (2, 1, False, 4, 1, 0, 0), (2, 1, False, 4, 1, 2, 0),
                                     (2, 1, False, 4, 1, 0, 1), (2, 1, False, 4, 1, 2, 1), (3, 1, False, 4, 4, 1, 1)):
-    ptx = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=sw, pf=pf).asm["ptx"]
+    comp = compile_lop3(bits, m, timeline=tl, stages=st, k_parts=ku, last=bool(sw), pdl=sw, pf=pf)
+    ptx, sass = comp.asm["ptx"], comp.asm["sass"]
     wait = ptx.find("griddepcontrol.wait")
     bulk = ptx.find("cp.async.bulk.prefetch.L2")
     out.append(dict(bits=bits, m=m, tl=tl, stages=st, ku=ku, sw=sw, pf=pf, bulk=ptx.count("cp.async.bulk.prefetch.L2"),
-                    l2pf=ptx.count("prefetch.global.L2"),
+                    l2pf=ptx.count("prefetch.global.L2"), sass_bulk=sass.count("UBLKPF"),
+                    sass_bulk_first=0 <= sass.find("UBLKPF") < (sass.find("ACQBULK") if "ACQBULK" in sass else len(sass)),
                     pf_between=0 <= ptx.find("cp.async.cg.shared.global") < bulk < (wait if wait >= 0 else len(ptx)),
                     atom=ptx.count("atom.global"),
                     mma=ptx.count("mma.sync"), cp_async=ptx.count("cp.async.cg.shared.global"),
@@ -513,6 +515,8 @@ def test_lop3_kernel_compiles_for_sm90():
         # the L2 prefetch: one bulk prefetch and one scale prefetch loop, after the ring's first copies
         # and (PDL) before the wait, only when asked for
         assert r["bulk"] == r["l2pf"] == pf and r["pf_between"] == bool(pf), r
+        # and ptxas keeps it: one UBLKPF in the SASS, before ACQBULK (griddepcontrol.wait)
+        assert r["sass_bulk"] == pf and r["sass_bulk_first"] == bool(pf), r
         # the last split's wait for the count (LAST_SPLIT_SUMS), the two griddepcontrol (PDL), only when
         # on; the first weight copies before the wait; PDL 2 lets the next launch start after the loop
         assert r["acquire"] == bool(sw) and r["griddep"] == 2 * bool(sw) and r["copies_first"] == bool(sw), r
@@ -529,7 +533,7 @@ def test_lop3_kernel_compiles_for_sm90():
     for sw in (1, 2):
         assert {k: v for k, v in got[(2, 1, False, 1, 0, 0)].items() if k not in switched} == \
             {k: v for k, v in got[(2, 1, False, 1, sw, 0)].items() if k not in switched}
-    prefetched = ("pf", "bulk", "l2pf", "pf_between")
+    prefetched = ("pf", "bulk", "l2pf", "pf_between", "sass_bulk", "sass_bulk_first")
     for key in ((2, 1, False, 1, 0), (2, 1, False, 1, 2), (3, 1, False, 4, 1)):
         assert {k: v for k, v in got[key + (0,)].items() if k not in prefetched} == \
             {k: v for k, v in got[key + (1,)].items() if k not in prefetched}
