@@ -7,8 +7,8 @@ program's range and their sums meet in shared memory. Every thread copies its ow
 with inline-PTX ``cp.async`` into slot G % STAGES of a private ring in shared memory, STAGES - 1
 groups ahead, waits on its own copy groups and reads back only what it copied, so no barrier is
 needed in the loop (with PF, a launch's ``l2_prefetch``, each warp also prefetches the rest of its
-groups into L2 at the start: its codes by one bulk prefetch, the scales a group a lane). The program's activations are copied into shared memory once, at the start
-(one barrier), 288 bytes per batch row (16 bytes of padding after each half row, so that one
+groups into L2 at the start: its codes by one bulk prefetch, the scales a group a lane). The
+program's activations are copied into shared memory once, at the start (one barrier), 288 bytes per batch row (16 bytes of padding after each half row, so that one
 16-byte read phase of eight lanes, two batch rows of four, hits eight different bank quads at
 batch > 1). Per group and warp: eight code mmas on the lop3-decoded pairs, eight offset mmas
 on the activations (sum x, sum offset · x), and acc += s · (d - offsum - z · sum x) in fp32;
